@@ -1,0 +1,315 @@
+"""The attention-method protocol, the registry, and the model-instrumentation helpers.
+
+An attention method is a small class with one job: given a model and an input batch
+``x`` of shape ``(B, C, *S)``, return the raw signed attention maps ``(B, *S)`` at input
+resolution together with the model's output ``(B,)`` from the same forward pass.
+
+Every method instruments the model only for the duration of one call, through
+:func:`instrumented`, which removes its hooks and restores every submodule's ``training``
+flag, every parameter's ``requires_grad`` and every ``inplace`` flag, also when an
+exception is raised inside the forward pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Union
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+__all__ = [
+    "AttentionMethod",
+    "LayerSpec",
+    "Target",
+    "available_methods",
+    "get_method",
+    "instrumented",
+    "register_method",
+    "resolve_module",
+    "select_target",
+]
+
+#: A layer given by the user: the module itself, its dotted name in ``named_modules()``,
+#: or ``"auto"``.
+LayerSpec = Union[nn.Module, str]
+#: What a gradient method differentiates: ``None`` (the single output per sample), an int
+#: (a column of a ``(B, K)`` output), or a callable ``output -> (B,)``.
+Target = Union[None, int, Callable[[Tensor], Tensor]]
+
+
+class AttentionMethod:
+    """Base class of attention methods.
+
+    Subclasses set :attr:`name` and implement :meth:`compute`. They are constructed by
+    :class:`wsdet.Detector` as ``cls(model, target=..., **options)``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The user's network. It is never modified beyond the duration of a call.
+    target : None, int or callable, optional
+        Which scalar per sample the method explains (see :func:`select_target`).
+    """
+
+    #: Registry name.
+    name: ClassVar[str] = ""
+    #: Whether the method needs a backward pass (gradient family).
+    needs_grad: ClassVar[bool] = False
+
+    def __init__(self, model: nn.Module, *, target: Target = None) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.target = target
+
+    def compute(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Return ``(maps (B, *S), output (B,))`` for a validated input ``x``."""
+        raise NotImplementedError
+
+    def __call__(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.compute(x)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+_REGISTRY: dict[str, type[AttentionMethod]] = {}
+
+
+def register_method(
+    name: str, cls: type[AttentionMethod] | None = None, *, overwrite: bool = False
+) -> Any:
+    """Register an attention method class under ``name``.
+
+    Usable directly, ``register_method("mine", MyMethod)``, or as a class decorator,
+    ``@register_method("mine")``.
+
+    Parameters
+    ----------
+    name : str
+        Registry name, used as ``Detector(model, method=name)``.
+    cls : type, optional
+        A subclass of :class:`AttentionMethod`.
+    overwrite : bool
+        Allow replacing an existing registration.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from wsdet.attention.base import AttentionMethod, register_method
+    >>> @register_method("double_intensity", overwrite=True)
+    ... class Double(AttentionMethod):
+    ...     def compute(self, x):
+    ...         with torch.inference_mode():
+    ...             return 2 * x[:, 0], self.model(x).reshape(-1)
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty string, got {name!r}")
+
+    def _register(c: type[AttentionMethod]) -> type[AttentionMethod]:
+        if not (isinstance(c, type) and issubclass(c, AttentionMethod)):
+            raise TypeError(f"cls must be a subclass of AttentionMethod, got {c!r}")
+        if name in _REGISTRY and _REGISTRY[name] is not c and not overwrite:
+            raise ValueError(
+                f"an attention method named {name!r} is already registered "
+                f"({_REGISTRY[name].__name__}); pass overwrite=True to replace it"
+            )
+        _REGISTRY[name] = c
+        return c
+
+    if cls is None:
+        return _register
+    return _register(cls)
+
+
+def available_methods() -> list[str]:
+    """Names of the registered attention methods, sorted.
+
+    Examples
+    --------
+    >>> import wsdet
+    >>> "gp_unet" in wsdet.available_methods()
+    True
+    """
+    return sorted(_REGISTRY)
+
+
+def get_method(name: str) -> type[AttentionMethod]:
+    """The class registered under ``name`` (``ValueError`` listing the known names if none)."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"method must be one of {available_methods()}, got {name!r}"
+        ) from None
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+def resolve_module(model: nn.Module, spec: LayerSpec, argname: str) -> tuple[str, nn.Module]:
+    """Resolve a module or a dotted name to ``(name, module)`` inside ``model``."""
+    named = dict(model.named_modules())
+    if isinstance(spec, nn.Module):
+        for n, m in named.items():
+            if m is spec:
+                return n, m
+        raise ValueError(f"{argname}: the module given is not a submodule of the model")
+    if isinstance(spec, str):
+        if spec in named:
+            return spec, named[spec]
+        close = [n for n in named if n and spec.split(".")[-1] in n][:8]
+        hint = f"; similar names: {close}" if close else ""
+        raise ValueError(
+            f"{argname}: no submodule named {spec!r} in the model{hint} "
+            "(names are those of model.named_modules())"
+        )
+    raise TypeError(f"{argname} must be an nn.Module or a dotted module name, got {spec!r}")
+
+
+def model_layers(model: nn.Module) -> dict[str, Any]:
+    """The layers a model declares through an optional ``wsdet_layers()`` method."""
+    fn = getattr(model, "wsdet_layers", None)
+    if callable(fn):
+        layers = fn()
+        if not isinstance(layers, dict):
+            raise TypeError("model.wsdet_layers() must return a dict")
+        return layers
+    return {}
+
+
+# ----------------------------------------------------------------------- instrumenting
+
+
+def _hook_count(model: nn.Module) -> int:
+    n = 0
+    for m in model.modules():
+        n += len(m._forward_hooks) + len(m._forward_pre_hooks)
+        n += len(m._backward_hooks) + len(getattr(m, "_backward_pre_hooks", {}))
+    return n
+
+
+@dataclass
+class _Instrumentation:
+    """Handles registered during one call; removed by :func:`instrumented`."""
+
+    handles: list[RemovableHandle] = field(default_factory=list)
+
+    def forward_hook(
+        self, module: nn.Module, fn: Callable[[nn.Module, Any, Any], Any]
+    ) -> None:
+        self.handles.append(module.register_forward_hook(fn))
+
+    def forward_pre_hook(
+        self, module: nn.Module, fn: Callable[[nn.Module, Any], Any]
+    ) -> None:
+        self.handles.append(module.register_forward_pre_hook(fn))
+
+
+@contextlib.contextmanager
+def instrumented(model: nn.Module) -> Iterator[_Instrumentation]:
+    """Instrument ``model`` for one call and restore it exactly afterwards.
+
+    Inside the block hooks are registered through the yielded object; on exit (normal or
+    by exception) they are removed and every submodule's ``training`` flag, every
+    parameter's ``requires_grad`` and every ``inplace`` attribute are put back.
+
+    Examples
+    --------
+    >>> import torch
+    >>> m = torch.nn.Sequential(torch.nn.Linear(2, 1))
+    >>> with instrumented(m) as ins:
+    ...     ins.forward_hook(m[0], lambda mod, i, o: None)
+    >>> len(m[0]._forward_hooks)
+    0
+    """
+    modules = list(model.modules())
+    training = [m.training for m in modules]
+    inplace = [(m, m.inplace) for m in modules if isinstance(getattr(m, "inplace", None), bool)]
+    params = list(model.parameters())
+    req = [p.requires_grad for p in params]
+    ins = _Instrumentation()
+    try:
+        yield ins
+    finally:
+        for h in ins.handles:
+            h.remove()
+        for m, t in zip(modules, training, strict=True):
+            m.training = t
+        for m, flag in inplace:
+            m.inplace = flag  # type: ignore[assignment]
+        for p, r in zip(params, req, strict=True):
+            if p.requires_grad != r:
+                p.requires_grad_(r)
+
+
+def select_target(output: Tensor, target: Target, batch: int) -> Tensor:
+    """Reduce a model output to one scalar per sample, ``(B,)``.
+
+    ``None`` accepts outputs of shape ``(B,)``, ``(B, 1)`` (or any ``(B, 1, ..., 1)``);
+    an int picks column ``target`` of a ``(B, K)`` output; a callable maps the output to
+    ``(B,)``.
+    """
+    if callable(target):
+        y = target(output)
+        if not isinstance(y, Tensor) or y.shape != (batch,):
+            got = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
+            raise ValueError(f"target(output) must return a tensor of shape ({batch},), got {got}")
+        return y
+    if not isinstance(output, Tensor):
+        raise TypeError(
+            f"the model returned {type(output).__name__}; pass target=callable to select "
+            "one scalar per sample from it"
+        )
+    if output.shape[0] != batch:
+        raise ValueError(
+            f"the model output has shape {tuple(output.shape)}, expected a first dimension "
+            f"of {batch} (one row per sample)"
+        )
+    if target is None:
+        if output.numel() != batch:
+            raise ValueError(
+                f"the model output has shape {tuple(output.shape)}, not one scalar per "
+                "sample; pass target=<int column> or target=<callable output -> (B,)>"
+            )
+        return output.reshape(batch)
+    if isinstance(target, int) and not isinstance(target, bool):
+        flat = output.reshape(batch, -1)
+        if not -flat.shape[1] <= target < flat.shape[1]:
+            raise ValueError(
+                f"target={target} is out of range for a model output with "
+                f"{flat.shape[1]} values per sample"
+            )
+        return flat[:, target]
+    raise TypeError(f"target must be None, an int or a callable, got {target!r}")
+
+
+def upsample_to(maps: Tensor, size: Sequence[int]) -> Tensor:
+    """Upsample ``(B, *s)`` maps to ``size`` with (bi/tri)linear interpolation.
+
+    ``align_corners=False``, as Captum's ``LayerAttribution.interpolate`` and the paper's
+    "linear interpolation" do. Maps already at ``size`` are returned unchanged.
+    """
+    if tuple(maps.shape[1:]) == tuple(size):
+        return maps
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(size)]
+    out = torch.nn.functional.interpolate(
+        maps.unsqueeze(1), size=tuple(size), mode=mode, align_corners=False
+    )
+    return out.squeeze(1)
+
+
+_WARNED: set[tuple[int, str]] = set()
+
+
+def warn_once(owner: object, message: str) -> None:
+    """Emit ``message`` as a ``UserWarning`` once per ``owner`` object."""
+    key = (id(owner), message)
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn(message, UserWarning, stacklevel=3)

@@ -1,0 +1,248 @@
+"""The :class:`Detector`: a user model bound to an attention method."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal, Union
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from wsdet.attention.base import AttentionMethod, Target, get_method, warn_once
+from wsdet.detection import (
+    Detections,
+    Negatives,
+    SizeArg,
+    apply_negatives,
+    find_peaks_batch,
+    round_half_up,
+)
+
+__all__ = ["Detector"]
+
+NArg = Union[None, int, float, Sequence[Union[int, float]], Literal["all"]]
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_STOCHASTIC = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+
+
+class Detector:
+    """Turn a counting network into a point detector.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Any 2D or 3D network taking ``(B, C, *S)`` and returning one count (or logit) per
+        sample, ``(B,)`` or ``(B, 1)``; use ``target=`` for other outputs.
+    method : str or AttentionMethod subclass
+        An attention method from :func:`wsdet.available_methods` (default ``"gp_unet"``).
+    target : None, int or callable
+        What is explained: the single output (default), a column of ``(B, K)`` outputs, or
+        ``callable(output) -> (B,)`` (gradient methods).
+    eval_mode : bool
+        Put the model in eval mode for each call (restored afterwards), so that BatchNorm
+        and dropout behave as at inference and the samples of a batch are independent.
+        With ``eval_mode=False`` a model left in training mode uses batch statistics.
+    **options
+        Passed to the method (e.g. ``features=``, ``head=``, ``layer=``,
+        ``fuse_intensity=``).
+
+    Examples
+    --------
+    >>> import torch, wsdet
+    >>> from wsdet.models import GPUnet
+    >>> det = wsdet.Detector(GPUnet(dim=2), method="gp_unet")
+    >>> x = torch.rand(2, 1, 32, 32)
+    >>> det.attention(x).shape
+    torch.Size([2, 32, 32])
+    >>> dets = det.detect(x, n=3)
+    >>> [d.points.shape for d in dets]
+    [(3, 2), (3, 2)]
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        method: str | type[AttentionMethod] = "gp_unet",
+        *,
+        target: Target = None,
+        eval_mode: bool = True,
+        **options: Any,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if isinstance(method, str):
+            cls = get_method(method)
+        elif isinstance(method, type) and issubclass(method, AttentionMethod):
+            cls = method
+        else:
+            raise TypeError(
+                f"method must be a registered name or an AttentionMethod subclass, got {method!r}"
+            )
+        self.model = model
+        self.method_name = cls.name or cls.__name__
+        self.eval_mode = bool(eval_mode)
+        self.method = cls(model, target=target, **options)
+        self._first_conv = next((m for m in model.modules() if isinstance(m, _CONV)), None)
+
+    def __repr__(self) -> str:
+        return f"Detector(model={type(self.model).__name__}, method={self.method_name!r})"
+
+    # ------------------------------------------------------------------ validation
+    def _check_input(self, x: Any) -> Tensor:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if x.ndim not in (4, 5):
+            raise ValueError(
+                "x must have shape (B, C, H, W) or (B, C, D, H, W) "
+                f"(2 or 3 spatial dims), got {tuple(x.shape)}"
+            )
+        if not x.is_floating_point():
+            raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+        if x.shape[0] == 0:
+            raise ValueError("x must hold at least one sample, got batch size 0")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("x contains NaN or infinite values")
+        conv = self._first_conv
+        if conv is not None:
+            nd = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}.get(type(conv))
+            if nd is not None and nd != x.ndim - 2:
+                raise ValueError(
+                    f"x has {x.ndim - 2} spatial dims but the model's first convolution is "
+                    f"{type(conv).__name__}: expected shape (B, {conv.in_channels}, "
+                    f"{', '.join('S' * nd)})"
+                )
+            if conv.in_channels != x.shape[1]:
+                raise ValueError(
+                    f"x has {x.shape[1]} channels but the model's first convolution expects "
+                    f"{conv.in_channels}: expected shape (B, {conv.in_channels}, *S), got "
+                    f"{tuple(x.shape)}"
+                )
+        return x
+
+    @contextlib.contextmanager
+    def _mode(self) -> Iterator[None]:
+        model = self.model
+        if self.eval_mode:
+            flags = [(m, m.training) for m in model.modules()]
+            try:
+                model.eval()
+                yield
+            finally:
+                for m, t in flags:
+                    m.training = t
+        else:
+            if any(m.training for m in model.modules() if isinstance(m, _STOCHASTIC)):
+                warn_once(
+                    self,
+                    "the model has BatchNorm/Dropout layers in training mode and "
+                    "eval_mode=False: maps depend on the other samples of the batch",
+                )
+            yield
+
+    # ---------------------------------------------------------------------- public
+    def attention_and_count(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Raw signed maps ``(B, *S)`` and the model's outputs ``(B,)``, from one pass."""
+        x = self._check_input(x)
+        with self._mode():
+            maps, out = self.method(x)
+        return maps, out
+
+    def attention(self, x: Tensor) -> Tensor:
+        """Raw signed attention maps ``(B, *S)`` at input resolution, same device/dtype."""
+        return self.attention_and_count(x)[0]
+
+    def count(self, x: Tensor) -> Tensor:
+        """The model's predicted count per image, ``(B,)`` (a forward pass only)."""
+        from wsdet.attention.base import instrumented, select_target
+
+        x = self._check_input(x)
+        with self._mode(), instrumented(self.model), torch.inference_mode():
+            out = self.model(x)
+            target = self.method.target
+            return select_target(out, target, x.shape[0]).detach()
+
+    def detect(
+        self,
+        x: Tensor,
+        n: NArg = None,
+        *,
+        size: SizeArg = 6,
+        negatives: Negatives = "clip",
+        min_value: float | None = None,
+    ) -> list[Detections]:
+        """Point detections per image.
+
+        Parameters
+        ----------
+        x : Tensor
+            ``(B, C, *S)`` input batch.
+        n : None, int, sequence of int, or "all"
+            How many candidates to keep per image: ``None`` keeps the rounded predicted
+            count (``max(0, floor(count + 0.5))``), an int or one number per image keeps
+            that many (rounded half up), ``"all"`` keeps every candidate.
+        size : int or sequence of int
+            Maximum-filter size of the NMS (default 6, as in the paper).
+        negatives : {"clip", "abs", "keep"}
+            What to do with negative map values before NMS (the paper clips).
+        min_value : float, optional
+            Candidates must exceed it (default: each map's minimum).
+
+        Returns
+        -------
+        list of Detections
+            One per image: ``points`` (k, ndim) int64 index coordinates in array axis order,
+            ``scores`` (k,), ``count`` (the model's prediction).
+        """
+        b = x.shape[0] if isinstance(x, Tensor) and x.ndim >= 1 else 0
+        ns = self._parse_n(n, b)
+        maps, counts = self.attention_and_count(x)
+        maps = apply_negatives(maps, negatives)
+        peaks = find_peaks_batch(maps.detach(), size=size, min_value=min_value)
+        counts_np = counts.detach().float().cpu().numpy()
+        out = []
+        for i, (coords, scores) in enumerate(peaks):
+            c = float(counts_np[i])
+            if ns[i] == "all":
+                k = coords.shape[0]
+            elif ns[i] is None:
+                k = round_half_up(c) if np.isfinite(c) else 0
+            else:
+                k = round_half_up(float(ns[i]))  # type: ignore[arg-type]
+            out.append(
+                Detections(
+                    points=coords[:k].cpu().numpy(),
+                    scores=scores[:k].detach().float().cpu().numpy(),
+                    count=c,
+                    n_candidates=int(coords.shape[0]),
+                )
+            )
+        return out
+
+    @staticmethod
+    def _parse_n(n: NArg, b: int) -> list[Any]:
+        def ok(v: Any) -> bool:
+            return (
+                isinstance(v, (int, float, np.integer, np.floating))
+                and not isinstance(v, bool)
+                and bool(np.isfinite(v))
+                and v >= 0
+            )
+
+        if n is None or (isinstance(n, str) and n == "all"):
+            return [n] * b
+        if ok(n):
+            return [n] * b
+        if isinstance(n, (Sequence, np.ndarray, Tensor)) and not isinstance(n, str):
+            vals = list(n.tolist() if isinstance(n, (np.ndarray, Tensor)) else n)
+            if len(vals) != b or not all(ok(v) for v in vals):
+                raise ValueError(
+                    f"n must be None, 'all', a non-negative number, or {b} non-negative "
+                    f"numbers (one per image), got {n!r}"
+                )
+            return vals
+        raise ValueError(
+            f"n must be None, 'all', a non-negative number, or one number per image, got {n!r}"
+        )
