@@ -124,7 +124,7 @@ def test_batch_equals_single_and_keeps_device_dtype():
     maps = torch.from_numpy(rng.normal(size=(3, 9, 11)).astype(np.float64))
     batch = find_peaks_batch(maps, size=5)
     for i in range(3):
-        c, s = find_peaks(maps[i], size=5)
+        c, _ = find_peaks(maps[i], size=5)
         np.testing.assert_array_equal(batch[i][0].numpy(), c)
         assert batch[i][1].dtype == torch.float64
         assert batch[i][0].device == maps.device

@@ -203,11 +203,11 @@ def test_input_errors():
         det.attention(torch.rand(1, 1, 4, 8, 8))
     with pytest.raises(TypeError, match="floating"):
         det.attention(torch.ones(1, 1, 8, 8, dtype=torch.long))
-    with pytest.raises(TypeError, match="torch.Tensor"):
+    with pytest.raises(TypeError, match=r"torch\.Tensor"):
         det.attention(np.zeros((1, 1, 8, 8)))
     with pytest.raises(ValueError, match="method must be one of"):
         wsdet.Detector(user_model(2), method="nope")
-    with pytest.raises(TypeError, match="nn.Module"):
+    with pytest.raises(TypeError, match=r"nn\.Module"):
         wsdet.Detector("model")  # type: ignore[arg-type]
 
 
@@ -269,9 +269,12 @@ def test_multi_scale_auto_discovery():
     w = m.fc.weight[0].detach()
     h, lo = m.hi(x).detach(), m.lo(x).detach()
     ref_lo = torch.einsum("bkhw,k->bhw", lo, w[2:])
-    ref = torch.einsum("bkhw,k->bhw", h, w[:2]) + torch.nn.functional.interpolate(
-        ref_lo[:, None], size=(8, 10), mode="bilinear", align_corners=False
-    )[:, 0]
+    ref = (
+        torch.einsum("bkhw,k->bhw", h, w[:2])
+        + torch.nn.functional.interpolate(
+            ref_lo[:, None], size=(8, 10), mode="bilinear", align_corners=False
+        )[:, 0]
+    )
     torch.testing.assert_close(maps, ref, rtol=1e-5, atol=1e-6)
     # the container and its last child return the same tensor: either is a correct answer
     names = [n for n, _ in det.method.layers.features]

@@ -62,8 +62,9 @@ class Detections:
 
     def __repr__(self) -> str:
         return (
-            f"Detections(k={len(self)}, ndim={self.points.shape[1] if self.points.ndim == 2 else 0},"
-            f" count={self.count:.3f})"
+            f"Detections(k={len(self)}, "
+            f"ndim={self.points.shape[1] if self.points.ndim == 2 else 0}, "
+            f"count={self.count:.3f})"
         )
 
 
@@ -150,7 +151,9 @@ def find_peaks_batch(
     if not isinstance(maps, Tensor):
         raise TypeError(f"maps must be a torch.Tensor, got {type(maps).__name__}")
     if maps.ndim not in (2, 3, 4):
-        raise ValueError(f"maps must have shape (B, *S) with 1-3 spatial dims, got {tuple(maps.shape)}")
+        raise ValueError(
+            f"maps must have shape (B, *S) with 1-3 spatial dims, got {tuple(maps.shape)}"
+        )
     if not maps.is_floating_point():
         maps = maps.float()
     if not bool(torch.isfinite(maps).all()):
@@ -238,7 +241,7 @@ def find_peaks(
         raise TypeError(f"amap must be a torch.Tensor or numpy array, got {type(amap).__name__}")
     if t.ndim not in (1, 2, 3):
         raise ValueError(f"amap must have 1, 2 or 3 dimensions, got shape {tuple(t.shape)}")
-    (coords, scores), = find_peaks_batch(
+    ((coords, scores),) = find_peaks_batch(
         t.unsqueeze(0), size=size, min_value=min_value, exclude_border=exclude_border
     )
     if max_peaks is not None:

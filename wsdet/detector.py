@@ -224,10 +224,10 @@ class Detector:
     @staticmethod
     def _parse_n(n: NArg, b: int) -> list[Any]:
         def ok(v: Any) -> bool:
-            return (
+            return bool(
                 isinstance(v, (int, float, np.integer, np.floating))
                 and not isinstance(v, bool)
-                and bool(np.isfinite(v))
+                and np.isfinite(v)
                 and v >= 0
             )
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Union
@@ -144,9 +145,7 @@ def get_method(name: str) -> type[AttentionMethod]:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(
-            f"method must be one of {available_methods()}, got {name!r}"
-        ) from None
+        raise ValueError(f"method must be one of {available_methods()}, got {name!r}") from None
 
 
 # ----------------------------------------------------------------------------- layers
@@ -200,14 +199,10 @@ class _Instrumentation:
 
     handles: list[RemovableHandle] = field(default_factory=list)
 
-    def forward_hook(
-        self, module: nn.Module, fn: Callable[[nn.Module, Any, Any], Any]
-    ) -> None:
+    def forward_hook(self, module: nn.Module, fn: Callable[[nn.Module, Any, Any], Any]) -> None:
         self.handles.append(module.register_forward_hook(fn))
 
-    def forward_pre_hook(
-        self, module: nn.Module, fn: Callable[[nn.Module, Any], Any]
-    ) -> None:
+    def forward_pre_hook(self, module: nn.Module, fn: Callable[[nn.Module, Any], Any]) -> None:
         self.handles.append(module.register_forward_pre_hook(fn))
 
 
@@ -304,12 +299,14 @@ def upsample_to(maps: Tensor, size: Sequence[int]) -> Tensor:
     return out.squeeze(1)
 
 
-_WARNED: set[tuple[int, str]] = set()
+# Keyed weakly by the owner object itself: keying by id() would silence the warning for a
+# new owner that reuses the memory address of a collected one.
+_WARNED: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
 
 
 def warn_once(owner: object, message: str) -> None:
     """Emit ``message`` as a ``UserWarning`` once per ``owner`` object."""
-    key = (id(owner), message)
-    if key not in _WARNED:
-        _WARNED.add(key)
+    seen = _WARNED.setdefault(owner, set())
+    if message not in seen:
+        seen.add(message)
         warnings.warn(message, UserWarning, stacklevel=3)

@@ -119,9 +119,7 @@ def discover_cam_layers(
             ins.forward_hook(m, hook)
         output = model(x)
 
-    looked = (
-        "CAM needs a model ending in global average pooling followed by an nn.Linear head; "
-    )
+    looked = "CAM needs a model ending in global average pooling followed by an nn.Linear head; "
     if isinstance(head, str) and head == "auto":
         found = None
         for n, _i, o in reversed(linears):
