@@ -1,0 +1,77 @@
+"""Evaluation of point detections: matching, FROC, FAUC, bootstrap (NumPy in, NumPy out).
+
+The pipeline, per the paper (Section 3.7) and ``docs/metrics.md``:
+
+1. match each image's scored detections to its targets one-to-one
+   (:func:`match_points`: within a radius, default 6 voxels, inclusive;
+   :func:`match_boxes`: inside a half-open box, the MNIST rule);
+2. build one FROC curve over all images (:func:`froc_curve`);
+3. read it: :func:`fauc` (area up to ``max_fp`` FP per image, normalised),
+   :func:`sensitivity_at_fp`, :func:`froc_score`, :func:`operating_point`;
+4. bootstrap images for standard deviations and comparisons (:func:`bootstrap`,
+   :func:`paired_bootstrap`).
+
+:func:`evaluate` does all of it in one call and returns a printable report.
+No torch import anywhere in this package.
+"""
+
+from wsdet.metrics.bootstrap import (
+    BootstrapResult,
+    PairedBootstrapResult,
+    bootstrap,
+    bootstrap_weights,
+    paired_bootstrap,
+)
+from wsdet.metrics.froc import (
+    CAMELYON_FPS,
+    FROC,
+    LUNA16_FPS,
+    OperatingPoint,
+    fauc,
+    froc_curve,
+    froc_score,
+    operating_point,
+    sensitivity_at_fp,
+    weighted_froc_curves,
+)
+from wsdet.metrics.matching import (
+    AnnotationAgreement,
+    MatchResult,
+    compare_annotations,
+    match_boxes,
+    match_images,
+    match_points,
+)
+from wsdet.metrics.report import PAPER_MAX_FP, EvaluationReport, evaluate, top_n
+from wsdet.metrics.slices import SliceDetections, detect_on_slice, middle_slice
+
+__all__ = [
+    "CAMELYON_FPS",
+    "FROC",
+    "LUNA16_FPS",
+    "PAPER_MAX_FP",
+    "AnnotationAgreement",
+    "BootstrapResult",
+    "EvaluationReport",
+    "MatchResult",
+    "OperatingPoint",
+    "PairedBootstrapResult",
+    "SliceDetections",
+    "bootstrap",
+    "bootstrap_weights",
+    "compare_annotations",
+    "detect_on_slice",
+    "evaluate",
+    "fauc",
+    "froc_curve",
+    "froc_score",
+    "match_boxes",
+    "match_images",
+    "match_points",
+    "middle_slice",
+    "operating_point",
+    "paired_bootstrap",
+    "sensitivity_at_fp",
+    "top_n",
+    "weighted_froc_curves",
+]
