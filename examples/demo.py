@@ -24,7 +24,7 @@ import wsdet
 from wsdet.data.synthetic import make_phantoms_2d
 from wsdet.metrics import evaluate
 from wsdet.models import GPUnet
-from wsdet.train import Trainer, TrainConfig
+from wsdet.train import TrainConfig, Trainer
 
 
 def main(argv: list[str] | None = None) -> int:
