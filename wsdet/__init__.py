@@ -1,15 +1,28 @@
 """wsdet: weakly supervised object detection from counting networks.
 
+The top-level names are loaded lazily, so that ``import wsdet.metrics`` (pure NumPy/SciPy)
+does not import torch.
+
 >>> import wsdet
->>> wsdet.available_methods()[:1]
-['gated_attention']
+>>> "gp_unet" in wsdet.available_methods()
+True
 """
 
-from wsdet.attention import AttentionMethod, available_methods, register_method
-from wsdet.detection import Detections, find_peaks
-from wsdet.detector import Detector
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0.dev0"
+
+_LAZY = {
+    "AttentionMethod": "wsdet.attention",
+    "available_methods": "wsdet.attention",
+    "register_method": "wsdet.attention",
+    "Detections": "wsdet.detection",
+    "find_peaks": "wsdet.detection",
+    "Detector": "wsdet.detector",
+}
 
 __all__ = [
     "AttentionMethod",
@@ -20,3 +33,20 @@ __all__ = [
     "find_peaks",
     "register_method",
 ]
+
+if TYPE_CHECKING:
+    from wsdet.attention import AttentionMethod, available_methods, register_method
+    from wsdet.detection import Detections, find_peaks
+    from wsdet.detector import Detector
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'wsdet' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
