@@ -103,10 +103,20 @@ def main(argv: list[str] | None = None) -> int:
         for j, i in enumerate(idx):
             k = wsdet.detection.round_half_up(all_dets[i].count)
             pts = all_dets[i].points[:k]
-            overlay(test.images[i, 0], gt=test.points[i], points=pts, ax=axes[0, j],
-                    title=f"count {int(truth[i])}, predicted {all_dets[i].count:.2f}")  # fmt: skip
-            overlay(test.images[i, 0], maps[j].clamp_min(0), points=pts, ax=axes[1, j],
-                    title="GP-Unet attention + detections")  # fmt: skip
+            overlay(
+                test.images[i, 0],
+                gt=test.points[i],
+                points=pts,
+                ax=axes[0, j],
+                title=f"count {int(truth[i])}, predicted {all_dets[i].count:.2f}",
+            )
+            overlay(
+                test.images[i, 0],
+                maps[j].clamp_min(0),
+                points=pts,
+                ax=axes[1, j],
+                title="GP-Unet attention + detections",
+            )
         path = os.path.join(args.out, "demo.png")
         save_figure(fig, path)
         print(f"figure: {path} (green circles: truth, red crosses: detections)")

@@ -76,8 +76,9 @@ def test_cam_equals_hand_sum_on_set_weights(dim):
 
 def test_cam_exact_tiny_model():
     # one 1x1 conv with weight 2 -> relu -> GAP -> linear w=3: map = 3*relu(2x)
-    m = nn.Sequential(nn.Conv2d(1, 1, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                      nn.Linear(1, 1))  # fmt: skip
+    m = nn.Sequential(
+        nn.Conv2d(1, 1, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(1, 1)
+    )
     with torch.no_grad():
         m[0].weight.fill_(2.0)
         m[0].bias.fill_(0.0)
@@ -135,8 +136,9 @@ def test_detect_rounding_half_up_from_count():
             return self.inner(x) * 0 + 2.5
 
     x = torch.rand(1, 1, 16, 16) + 0.1
-    det = wsdet.Detector(Shift(m), method="intensity" if "intensity" in
-                         wsdet.available_methods() else "gp_unet")  # fmt: skip
+    det = wsdet.Detector(
+        Shift(m), method="intensity" if "intensity" in wsdet.available_methods() else "gp_unet"
+    )
     if det.method_name != "intensity":
         pytest.skip("intensity method not registered yet")
     d = det.detect(x, size=3)[0]

@@ -1,0 +1,103 @@
+"""The reproduction runner: the --smoke path end to end, and resumability."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MNIST = Path(os.environ.get("WSDET_MNIST_DIR", ROOT.parent / "shared" / "data" / "mnist"))
+needs_mnist = pytest.mark.skipif(
+    not (MNIST / "t10k-images-idx3-ubyte.gz").exists(),
+    reason=f"MNIST test set not found in {MNIST} (set WSDET_MNIST_DIR)",
+)
+
+
+def test_config_key_is_stable_and_sensitive():
+    from wsdet.experiments import config_key
+
+    a = config_key({"b": 1, "a": [1, 2.0]})
+    assert a == config_key({"a": [1, 2.0], "b": 1})
+    assert a != config_key({"a": [1, 2.5], "b": 1})
+    assert len(a) == 12
+
+
+@pytest.mark.slow
+@needs_mnist
+def test_mnist_smoke_resumes_without_retraining(tmp_path, monkeypatch):
+    import wsdet.experiments.mnist as mn
+
+    cfg = mn.MNISTStudyConfig.smoke(
+        root=str(MNIST),
+        methods=("gp_unet", "grad_cam"),
+        faithful_gpunet=False,
+        n_test=12,
+        n_bootstrap=20,
+    )
+    real = mn.train_cached
+    calls: list[str] = []
+
+    def interrupted(store, name, *args, **kwargs):
+        if calls:
+            raise KeyboardInterrupt("simulated interruption after the first network")
+        out = real(store, name, *args, **kwargs)
+        calls.append(name)
+        return out
+
+    monkeypatch.setattr(mn, "train_cached", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        mn.run_mnist(cfg, tmp_path)
+    assert len(calls) == 1
+    first = calls[0]
+    done = list((tmp_path / "models").glob(f"{first}-*/done.json"))
+    assert len(done) == 1
+    stamp = done[0].stat().st_mtime_ns
+    best = done[0].parent / "best.pt"
+    best_stamp = best.stat().st_mtime_ns
+
+    monkeypatch.setattr(mn, "train_cached", real)
+    results = mn.run_mnist(cfg, tmp_path)
+    nets = results["networks"]
+    assert nets[first]["cached"] is True  # loaded, not retrained
+    assert sum(not v["cached"] for v in nets.values()) == len(nets) - 1
+    assert done[0].stat().st_mtime_ns == stamp and best.stat().st_mtime_ns == best_stamp
+    # a rerun with nothing changed does no work
+    again = mn.run_mnist(cfg, tmp_path)
+    assert all(v["cached"] for v in again["networks"].values())
+    assert (
+        again["evaluations"] == json.loads((tmp_path / "results.json").read_text())["evaluations"]
+    )
+    report = (tmp_path / "report.md").read_text()
+    assert "GP-Unet" in report and "Grad-CAM" in report
+    for png in ("froc_regression.png", "fig3_methods.png", "fig4_regression_vs_classification.png"):
+        assert (tmp_path / png).stat().st_size > 1000
+
+
+@pytest.mark.slow
+@needs_mnist
+def test_cli_smoke(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "wsdet.experiments",
+            "mnist",
+            "--smoke",
+            "--out",
+            str(tmp_path),
+            "--root",
+            str(MNIST),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "### MNIST, target digit 4" in proc.stdout
+    assert (tmp_path / "digit4" / "results.json").exists()

@@ -1,0 +1,47 @@
+"""Command line of the reproduction studies: ``python -m wsdet.experiments ...``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+import torch
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m wsdet.experiments", description=__doc__)
+    sub = p.add_subparsers(dest="study", required=True)
+    m = sub.add_parser("mnist", help="six methods x two objectives on MNIST grids")
+    m.add_argument("--out", required=True, help="output/cache folder")
+    m.add_argument("--smoke", action="store_true", help="tiny data, one epoch")
+    m.add_argument("--digits", type=int, nargs="+", default=[4])
+    m.add_argument("--root", default=None, help="MNIST folder (default: $WSDET_MNIST_DIR)")
+    m.add_argument("--budget-min", type=float, default=None, help="training minutes/network")
+    m.add_argument("--max-epochs", type=int, default=None)
+    m.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    if args.study == "mnist":
+        from wsdet.experiments.mnist import MNISTStudyConfig, run_mnist
+
+        for digit in args.digits:
+            over: dict[str, object] = {"digit": digit, "root": args.root}
+            if args.budget_min is not None:
+                over["time_budget_min"] = args.budget_min
+            if args.max_epochs is not None:
+                over["max_epochs"] = args.max_epochs
+            cfg = MNISTStudyConfig.smoke(**over) if args.smoke else MNISTStudyConfig(**over)  # type: ignore[arg-type]
+            out = f"{args.out}/digit{digit}"
+            run_mnist(cfg, out)
+            print(open(f"{out}/report.md").read())
+    print(f"done in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,203 @@
+"""Markdown tables and figures of the reproduction studies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from wsdet.detector import Detector
+from wsdet.experiments.common import METHOD_ARCHITECTURE, METHOD_LABELS
+
+__all__ = ["lesions_markdown", "mnist_figures", "mnist_markdown"]
+
+
+def _pm(b: dict[str, Any] | None, scale: float = 100.0) -> str:
+    if not b:
+        return "—"
+    return f"{scale * b['estimate']:.1f} ± {scale * b['sd']:.1f}"
+
+
+def _minutes(info: dict[str, Any]) -> str:
+    return f"{info.get('train_seconds', float('nan')) / 60:.1f}"
+
+
+def _comparisons(results: dict[str, Any]) -> list[str]:
+    lines = [
+        "| comparison (FAUC ×100) | difference ± sd | 95% CI | p |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, c in results.get("comparisons", {}).items():
+        ci = c.get("ci")
+        ci_s = f"{100 * ci[0]:+.1f} to {100 * ci[1]:+.1f}" if ci else "—"
+        lines.append(
+            f"| {name} | {100 * c['difference']:+.1f} ± {100 * c['sd']:.1f} | {ci_s} "
+            f"| {c['p_value']:.3g} |"
+        )
+    return lines
+
+
+def mnist_markdown(results: dict[str, Any]) -> str:
+    """The MNIST tables: FAUC per method and objective (paper Fig. 5), operating points,
+    paired comparisons, and the training runs."""
+    cfg = results["config"]
+    ev = results["evaluations"]
+    out = [
+        f"### MNIST, target digit {cfg['digit']}",
+        "",
+        f"FAUC over 0–{cfg['max_fp']:g} FP/image (×100) ± bootstrap sd "
+        f"({cfg['n_bootstrap']} replicates), {cfg['n_test']} balanced test images, NMS size "
+        f"{cfg['nms_size']}, one-to-one matching with the 28×28-cell rule.",
+        "",
+        "| method | regression FAUC | classification FAUC | regression: sensitivity / FP "
+        "per image at the operating point | regression count MAE |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for method in cfg["methods"]:
+        r = ev.get(f"{method}-regression")
+        c = ev.get(f"{method}-classification")
+        op = (r or {}).get("operating_point")
+        op_s = (
+            f"{op['sensitivity']['estimate']:.3f} / {op['fp_avg']['estimate']:.3f}" if op else "—"
+        )
+        mae = f"{r['count_mae']:.3f}" if r and "count_mae" in r else "—"
+        out.append(
+            f"| {METHOD_LABELS[method]} | {_pm(r and r['fauc'])} | {_pm(c and c['fauc'])} "
+            f"| {op_s} | {mae} |"
+        )
+    p400 = ev.get("gp_unet-regression-paper400")
+    if p400:
+        op = p400.get("operating_point")
+        op_s = (
+            f"{op['sensitivity']['estimate']:.3f} / {op['fp_avg']['estimate']:.3f}" if op else "—"
+        )
+        out.append(
+            f"| GP-Unet, paper's 400 fixed images + augmentation | {_pm(p400['fauc'])} | — "
+            f"| {op_s} | {p400.get('count_mae', float('nan')):.3f} |"
+        )
+    out += ["", "Paired bootstrap differences (same resampled images for both):", ""]
+    out += _comparisons(results)
+    out += [
+        "",
+        "Training runs:",
+        "",
+        "| network | epochs | best epoch | stop | minutes |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, info in results["networks"].items():
+        out.append(
+            f"| {name} | {info['epochs']} | {info['best_epoch']} | {info['stop_reason']} "
+            f"| {_minutes(info)} |"
+        )
+    return "\n".join(out) + "\n"
+
+
+def lesions_markdown(results: dict[str, Any]) -> str:
+    """The 3D tables: FAUC (paper Table 1), FP/image and sensitivity at the operating point
+    (Tables 2–3), per setting."""
+    cfg = results["config"]
+    settings = list(results["evaluations"])
+    methods = [m for m in cfg["methods"]]
+    out = [
+        "FAUC over 0–15 FP/volume (×100) ± bootstrap sd; operating point = top-n with n "
+        "the rounded predicted count (for the intensity baseline, the base CNN's count).",
+        "",
+        "| setting | " + " | ".join(METHOD_LABELS[m] for m in methods) + " |",
+        "| --- |" + " --- |" * len(methods),
+    ]
+    for s in settings:
+        ev = results["evaluations"][s]
+        out.append(
+            f"| {s} FAUC | "
+            + " | ".join(_pm(ev[m]["fauc"]) if m in ev else "—" for m in methods)
+            + " |"
+        )
+        fp = []
+        se = []
+        for m in methods:
+            op = ev.get(m, {}).get("operating_point")
+            fp.append(f"{op['fp_avg']['estimate']:.2f}" if op else "—")
+            se.append(f"{op['sensitivity']['estimate']:.3f}" if op else "—")
+        out.append(f"| {s} FP/volume | " + " | ".join(fp) + " |")
+        out.append(f"| {s} sensitivity | " + " | ".join(se) + " |")
+    out += ["", "Paired bootstrap differences:", ""]
+    out += _comparisons(results)
+    out += [
+        "",
+        "Training runs:",
+        "",
+        "| network | epochs | best epoch | stop | minutes |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, info in results["networks"].items():
+        out.append(
+            f"| {name} | {info['epochs']} | {info['best_epoch']} | {info['stop_reason']} "
+            f"| {_minutes(info)} |"
+        )
+    return "\n".join(out) + "\n"
+
+
+def _maps(
+    networks: dict[tuple[str, str], nn.Module], methods: list[str], objective: str, x: torch.Tensor
+) -> dict[str, np.ndarray]:
+    out = {}
+    for m in methods:
+        model = networks[(METHOD_ARCHITECTURE[m], objective)]
+        amap = Detector(model, method=m).attention(x)[0].clamp_min(0)
+        out[METHOD_LABELS[m]] = amap.float().cpu().numpy()
+    return out
+
+
+def mnist_figures(
+    results: dict[str, Any],
+    curves: dict[str, Any],
+    networks: dict[tuple[str, str], nn.Module],
+    test: Any,
+    out: Path,
+    cfg: Any,
+) -> None:
+    """FROC curves, Fig. 3 (every method on one image), Fig. 4 (regression vs
+    classification GP-Unet on an image with and one without the digit)."""
+    try:
+        import matplotlib.pyplot as plt
+
+        from wsdet.viz import attention_grid, overlay, plot_froc, save_figure
+    except ImportError:  # pragma: no cover
+        return
+    for objective in cfg.objectives:
+        sel = {
+            METHOD_LABELS[k.split("-")[0]] + ("" if "paper400" not in k else " (400 fixed)"): v
+            for k, v in curves.items()
+            if f"-{objective}" in k
+        }
+        if sel:
+            fig = plot_froc(sel, max_fp=cfg.max_fp, title=f"MNIST digit {cfg.digit}, {objective}")
+            save_figure(fig, str(out / f"froc_{objective}.png"))
+    counts = test.counts.numpy()
+    pos = int(np.argmax(counts))
+    neg = int(np.flatnonzero(counts == 0)[0]) if (counts == 0).any() else 0
+    x = test.images[pos : pos + 1]
+    if "regression" in cfg.objectives:
+        maps = _maps(networks, list(cfg.methods), "regression", x)
+        fig = attention_grid(x[0, 0], maps, gt=test.centers[pos], ncols=4, panel_size=2.6)
+        save_figure(fig, str(out / "fig3_methods.png"))
+    if "gp_unet" in cfg.methods and set(cfg.objectives) >= {"regression", "classification"}:
+        fig, axes = plt.subplots(2, 3, figsize=(10, 4.6))
+        for row, i in enumerate((neg, pos)):
+            xi = test.images[i : i + 1]
+            overlay(
+                xi[0, 0],
+                gt=test.centers[i],
+                ax=axes[row, 0],
+                title=f"image, {int(counts[i])} target digits",
+            )
+            for col, obj in enumerate(("classification", "regression"), start=1):
+                amap = _maps(networks, ["gp_unet"], obj, xi)["GP-Unet"]
+                axes[row, col].imshow(amap, cmap="jet")
+                axes[row, col].set_axis_off()
+                axes[row, col].set_title(f"GP-Unet, {obj}", fontsize=9)
+        fig.tight_layout()
+        save_figure(fig, str(out / "fig4_regression_vs_classification.png"))
