@@ -101,3 +101,25 @@ def test_cli_smoke(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "### MNIST, target digit 4" in proc.stdout
     assert (tmp_path / "digit4" / "results.json").exists()
+
+
+@pytest.mark.slow
+def test_lesions3d_smoke_and_cache(tmp_path):
+    from wsdet.experiments.lesions import LesionStudyConfig, run_lesions
+
+    cfg = LesionStudyConfig.smoke(
+        settings=("midbrain", "basal_ganglia"), methods=("gp_unet", "intensity", "grad_cam")
+    )
+    first = run_lesions(cfg, tmp_path)
+    assert set(first["evaluations"]) == {"midbrain", "basal_ganglia"}
+    for setting in first["evaluations"].values():
+        for ev in setting.values():
+            assert 0.0 <= ev["fauc"]["estimate"] <= 1.0
+            assert ev["operating_point"] is not None
+    # the slice setting is evaluated in 2D on the annotated slice
+    assert first["evaluations"]["basal_ganglia"]["gp_unet"]["evaluated_ndim"] == 2
+    again = run_lesions(cfg, tmp_path)
+    assert all(v["cached"] for v in again["networks"].values())
+    assert again["evaluations"] == first["evaluations"]
+    assert (tmp_path / "froc_lesions3d.png").exists()
+    assert (tmp_path / "slices_basal_ganglia.png").exists()

@@ -201,3 +201,48 @@ def mnist_figures(
                 axes[row, col].set_title(f"GP-Unet, {obj}", fontsize=9)
         fig.tight_layout()
         save_figure(fig, str(out / "fig4_regression_vs_classification.png"))
+
+
+def lesions_figures(
+    curves: dict[str, dict[str, Any]], examples: dict[str, Any], out: Path, cfg: Any
+) -> None:
+    """FROC curves per setting (paper Fig. 6) and one slice per setting with every
+    method's map (Fig. 7–8)."""
+    try:
+        import matplotlib.pyplot as plt
+
+        from wsdet.viz import attention_grid, plot_froc, save_figure
+    except ImportError:  # pragma: no cover
+        return
+    n = len(curves)
+    if n:
+        fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 4), squeeze=False)
+        for ax, (setting, c) in zip(axes[0], curves.items(), strict=True):
+            plot_froc(c, max_fp=cfg.max_fp, ax=ax, title=setting)
+        fig.tight_layout()
+        save_figure(fig, str(out / "froc_lesions3d.png"))
+    for setting, (test, nets) in examples.items():
+        counts = test.counts.numpy()
+        i = int(np.argmax(counts))
+        x = test.images[i : i + 1]
+        pts = np.asarray(test.points[i], float).reshape(-1, 3)
+        z = (
+            int(test.annotated_slice[i])
+            if test.annotated_slice is not None
+            else int(np.round(pts[0, 0]))
+            if len(pts)
+            else x.shape[2] // 2
+        )
+        maps = {}
+        for m in cfg.methods:
+            model = nets[METHOD_ARCHITECTURE[m]]
+            opts = (
+                {"fuse_intensity": True}
+                if m == "gp_unet_no_residual" and cfg.fuse_intensity
+                else {}
+            )
+            amap = Detector(model, method=m, **opts).attention(x)[0, z].clamp_min(0)
+            maps[METHOD_LABELS[m]] = amap.float().cpu().numpy()
+        gt = pts[np.abs(pts[:, 0] - z) <= 1][:, 1:] if len(pts) else None
+        fig = attention_grid(x[0, 0, z], maps, gt=gt, ncols=4, panel_size=2.4)
+        save_figure(fig, str(out / f"slices_{setting}.png"))
