@@ -8,12 +8,19 @@ from wsdet.attention.base import (
     register_method,
 )
 from wsdet.attention.cam import CAM, GatedAttentionCAM, GPUnetNoResidualCAM
+from wsdet.attention.gradcam import GradCAM
+from wsdet.attention.gradient import GuidedBackprop, InputGradient
+from wsdet.attention.intensity import Intensity
 
 __all__ = [
     "CAM",
     "AttentionMethod",
     "GPUnetNoResidualCAM",
     "GatedAttentionCAM",
+    "GradCAM",
+    "GuidedBackprop",
+    "InputGradient",
+    "Intensity",
     "available_methods",
     "get_method",
     "instrumented",

@@ -306,7 +306,10 @@ _WARNED: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
 
 def warn_once(owner: object, message: str) -> None:
     """Emit ``message`` as a ``UserWarning`` once per ``owner`` object."""
-    seen = _WARNED.setdefault(owner, set())
+    try:
+        seen = _WARNED.setdefault(owner, set())
+    except TypeError:  # not weak-referenceable: warn every time rather than never
+        seen = set()
     if message not in seen:
         seen.add(message)
         warnings.warn(message, UserWarning, stacklevel=3)

@@ -54,13 +54,15 @@ def _spatial_mean(t: Tensor) -> Tensor:
 def _match_offset(h: Tensor, m: Tensor) -> list[int]:
     """Offsets ``j`` where ``h[:, j:j+C]`` equals ``m`` (``(B, C)``) up to float error."""
     c = m.shape[1]
+    if c > h.shape[1]:
+        return []
     scale = float(h.abs().max()) if h.numel() else 1.0
     atol = 1e-5 * max(scale, 1.0)
-    out = []
-    for j in range(0, h.shape[1] - c + 1):
-        if torch.allclose(h[:, j : j + c], m, rtol=1e-4, atol=atol):
-            out.append(j)
-    return out
+    # torch.allclose(h[:, j:j+C], m, rtol=1e-4, atol) for every j at once (one call per
+    # module output instead of one per offset: 279k calls on a DenseNet121).
+    windows = h.unfold(1, c, 1)  # (B, K - C + 1, C)
+    close = (windows - m[:, None, :]).abs() <= atol + 1e-4 * m.abs()[:, None, :]
+    return [int(j) for j in torch.nonzero(close.all(2).all(0)).flatten()]
 
 
 def discover_cam_layers(
@@ -281,7 +283,10 @@ class CAM(AttentionMethod):
             size = x.shape[2:]
             maps = None
             for f, w in zip(feats, ws, strict=True):
-                m = torch.einsum("bk...,k->b...", f, w.to(f.dtype))
+                # Σ_k w_k f_k as one (K,) @ (B, K, S) product. torch.einsum (and matmul with
+                # a weight that requires grad) first copy f to (B, S, K): ~20-50x slower.
+                wk = w.detach().to(f.dtype)
+                m = torch.matmul(wk, f.flatten(2)).reshape(f.shape[0], *f.shape[2:])
                 m = upsample_to(m, size)
                 maps = m if maps is None else maps + m
             assert maps is not None

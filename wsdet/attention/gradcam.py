@@ -1,0 +1,204 @@
+"""Grad-CAM (Selvaraju et al. 2017) on any layer, in 2D and 3D.
+
+``α_k = (1/Z) Σ_p ∂ŷ/∂f_k(p)`` and ``M = Σ_k α_k f_k`` (paper Eqs. 3-4), computed at the
+target layer's resolution and upsampled to the input size with (bi/tri)linear
+interpolation, ``align_corners=False``. The map is signed by default (``relu=False``).
+
+The backward pass stops at the target layer: the forward pass runs without autograd up
+to the layer, whose output is replaced by a leaf tensor that requires grad (then cloned,
+so that later in-place operations stay legal); autograd records only the layers after it.
+The cost is about one forward pass plus the backward pass of the layers above the target.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from wsdet.attention.base import (
+    AttentionMethod,
+    LayerSpec,
+    Target,
+    instrumented,
+    model_layers,
+    register_method,
+    resolve_module,
+    select_target,
+    upsample_to,
+)
+from wsdet.attention.cam import discover_cam_layers
+from wsdet.attention.gradient import _differentiate, autograd_region
+
+__all__ = ["GradCAM", "discover_gradcam_layer"]
+
+
+def _last_spatial_module(model: nn.Module, x: Tensor) -> tuple[str, nn.Module, int]:
+    """The module whose forward finished last with an output ``(B, C, *S)``, ``S`` > 1 voxel."""
+    names = {m: n for n, m in model.named_modules() if m is not model}
+    calls: dict[nn.Module, int] = {}
+    found: list[tuple[str, nn.Module, int]] = []
+    b = x.shape[0]
+
+    def hook(mod: nn.Module, inp: Any, out: Any) -> None:
+        k = calls.get(mod, 0)
+        calls[mod] = k + 1
+        if (
+            isinstance(out, Tensor)
+            and out.ndim == x.ndim
+            and out.shape[0] == b
+            and out[0, 0].numel() > 1
+        ):
+            found.append((names[mod], mod, k))
+
+    with instrumented(model) as ins, torch.inference_mode():
+        for m in names:
+            ins.forward_hook(m, hook)
+        model(x)
+    if not found:
+        raise ValueError(
+            "grad_cam: no module of the model returned feature maps of shape (B, C, *S) with "
+            "more than one spatial position; pass layer=<module or dotted name>"
+        )
+    return found[-1]
+
+
+def discover_gradcam_layer(model: nn.Module, x: Tensor) -> tuple[str, nn.Module, int]:
+    """Find Grad-CAM's default layer on the real input ``x``: ``(name, module, call)``.
+
+    In order: the model's declared ``wsdet_layers()["gradcam"]``; the single feature
+    module feeding a global-pooling + linear head (see
+    :func:`wsdet.attention.cam.discover_cam_layers`); else the module whose forward pass
+    finished last with an output ``(B, C, *S)`` of more than one spatial position.
+    ``call`` is which call of the module in one forward pass (``-1``: the last).
+
+    Examples
+    --------
+    >>> import torch
+    >>> m = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU(),
+    ...     torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(2, 1))
+    >>> discover_gradcam_layer(m, torch.rand(1, 1, 8, 8))[0]
+    '1'
+    """
+    declared = model_layers(model).get("gradcam")
+    if declared is not None:
+        name, mod = resolve_module(model, declared, "wsdet_layers()['gradcam']")
+        return name, mod, -1
+    try:
+        layers = discover_cam_layers(model, x)
+    except ValueError:
+        layers = None
+    if layers is not None and len(layers.features) == 1:
+        name, call = layers.features[0]
+        return name, dict(model.named_modules())[name], call
+    return _last_spatial_module(model, x)
+
+
+@register_method("grad_cam")
+class GradCAM(AttentionMethod):
+    """Grad-CAM: feature maps of one layer weighted by their spatially averaged gradients.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Any differentiable network taking ``(B, C, *S)``.
+    target : None, int or callable
+        The explained scalar per sample: the single output (default), a column of a
+        ``(B, K)`` output, or ``callable(output) -> (B,)``.
+    layer : "auto", module or dotted name
+        The layer whose output ``f`` (``(B, K, *s)``, same number of spatial dims as the
+        input) is explained. ``"auto"`` (default) uses :func:`discover_gradcam_layer` on
+        the first input. For a module called several times in one forward pass, the
+        output of its last call is used.
+    relu : bool
+        Apply ``ReLU`` to the map before upsampling, as Selvaraju et al. do. Default
+        ``False``: signed maps; the negatives policy is left to ``detect()``.
+
+    Notes
+    -----
+    If the layer feeds ``GAP → Linear`` directly, ``α_k = w_k / Z`` and Grad-CAM equals
+    CAM divided by the number ``Z`` of positions of the layer.
+
+    Examples
+    --------
+    >>> import torch, wsdet
+    >>> from wsdet.models import BaseCNN
+    >>> det = wsdet.Detector(BaseCNN(dim=2), method="grad_cam")
+    >>> det.attention(torch.rand(2, 1, 16, 16)).shape
+    torch.Size([2, 16, 16])
+    >>> det.method.layer
+    'cat2'
+    """
+
+    name: ClassVar[str] = "grad_cam"
+    needs_grad: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        target: Target = None,
+        layer: LayerSpec = "auto",
+        relu: bool = False,
+    ) -> None:
+        super().__init__(model, target=target)
+        if not isinstance(relu, bool):
+            raise TypeError(f"relu must be a bool, got {relu!r}")
+        self.relu = relu
+        self._layer: tuple[str, nn.Module, int] | None = None
+        if not (isinstance(layer, str) and layer == "auto"):
+            name, mod = resolve_module(model, layer, "layer")
+            self._layer = (name, mod, -1)
+
+    @property
+    def layer(self) -> str | None:
+        """Dotted name of the target layer (``None`` until resolved by the first call)."""
+        return None if self._layer is None else self._layer[0]
+
+    def compute(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Return ``(maps (B, *S), output (B,))`` from one forward and a partial backward."""
+        if self._layer is None:
+            self._layer = discover_gradcam_layer(self.model, x)
+        name, module, call = self._layer
+        b = x.shape[0]
+        leaves: list[Tensor] = []
+
+        def hook(mod: nn.Module, inp: Any, out: Any) -> Tensor:
+            if not isinstance(out, Tensor):
+                raise TypeError(
+                    f"layer: {name!r} returned {type(out).__name__}; grad_cam needs a tensor "
+                    "(B, C, *S)"
+                )
+            # Autograd starts here: the layers before it ran without recording a graph.
+            leaf = out if out.requires_grad else out.detach().requires_grad_()
+            torch.set_grad_enabled(True)
+            leaves.append(leaf)
+            return leaf.clone()
+
+        with instrumented(self.model) as ins, autograd_region(x) as xg:
+            ins.forward_hook(module, hook)
+            torch.set_grad_enabled(False)  # undone by the hook, and by autograd_region's exit
+            output = self.model(xg.detach())
+            torch.set_grad_enabled(True)
+            if not leaves:
+                raise ValueError(f"layer: {name!r} was not called in the forward pass")
+            if not -len(leaves) <= call < len(leaves):
+                raise ValueError(
+                    f"layer: {name!r} was called {len(leaves)} time(s), call {call} requested"
+                )
+            f = leaves[call]
+            if f.ndim != x.ndim or f.shape[0] != b:
+                raise ValueError(
+                    f"layer: {name!r} returned shape {tuple(f.shape)}; grad_cam needs feature "
+                    f"maps (B={b}, C, *S) with {x.ndim - 2} spatial dims like the input"
+                )
+            y = select_target(output, self.target, b)
+            g = _differentiate(y, f, f"the output of layer {name!r}")
+        alpha = g.flatten(2).mean(2)
+        # Σ_k α_k f_k per sample as a batched (1, K) @ (K, S) product (no copy of f).
+        maps = torch.bmm(alpha.unsqueeze(1), f.detach().flatten(2)).reshape(b, *f.shape[2:])
+        if self.relu:
+            maps = maps.clamp_min(0)
+        maps = upsample_to(maps, x.shape[2:])
+        return maps.detach().to(x.dtype), y.detach()
