@@ -1,0 +1,294 @@
+"""Benchmark of wsdet.train.Trainer against a plain hand-written PyTorch training loop.
+
+Three measurements, each printed as a Markdown table:
+
+``throughput`` (default)
+    Training images per second of ``Trainer.fit`` (its defaults: Adadelta, memory format
+    ``"auto"``, fp32, eager; one epoch per ``fit`` call) against a plain eager fp32 NCHW loop
+    (shuffle, forward, MSE, backward, Adadelta step) on the same model, data and optimiser;
+    both score the same validation images after the epoch. The two alternate epoch by epoch
+    (ABBA order) so that drifting machine load hits both alike; medians over ``--repeats``
+    pairs, and the median of the per-pair ratios.
+``steps``
+    Seconds per optimiser step (forward + backward + Adadelta) of one model in the
+    variants eager fp32 NCHW / channels_last (naive, and with the Trainer's unambiguous
+    strides) / bf16 autocast / torch.compile / compile + channels_last, interleaved step by
+    step; median over ``--steps``.
+
+2D data are MNIST grids (140 x 196, target digit 4) from ``$WSDET_MNIST_DIR`` (default
+``../shared/data/mnist``), random images if absent; 3D data are synthetic lesion volumes
+(1 x 32 x 64 x 64 by default). Examples::
+
+    python benchmarks/bench_train.py throughput --dim 2 --arch all
+    python benchmarks/bench_train.py throughput --dim 3 --arch all --images 6
+    python benchmarks/bench_train.py steps --dim 2 --arch gpunet --steps 8
+
+``convergence``
+    Trains GP-Unet 2D to count digit ``--target`` (Adam, Kaiming init, standardised targets,
+    the paper's augmentation, batch 64, 100 validation grids) on the paper's 400 fixed
+    training grids, or with ``--fresh`` on 400 newly drawn grids every epoch, for at most
+    ``--minutes`` of training (resumable: rerun the same command to continue after an
+    interruption), and reports the first epoch and time at which the validation count MAE
+    falls below ``--mae`` and the test MAE of the best model::
+
+    python benchmarks/bench_train.py convergence --out runs/conv_fixed --minutes 25
+    python benchmarks/bench_train.py convergence --fresh --out runs/conv_fresh --minutes 25
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wsdet.models import BaseCNN, GatedAttentionNet, GPUnet, GPUnetNoResidual
+from wsdet.train import TrainConfig, Trainer
+
+ARCHS: dict[str, type[nn.Module]] = {
+    "gpunet": GPUnet,
+    "gated_attention": GatedAttentionNet,
+    "basecnn": BaseCNN,
+    "gpunet_no_residual": GPUnetNoResidual,
+}
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_data(dim: int, n: int, shape3d: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` training images and counts: MNIST grids in 2D, lesion phantoms in 3D."""
+    if dim == 3:
+        from wsdet.data.synthetic import make_lesion_volumes
+
+        vols = make_lesion_volumes(n, shape3d, seed=0)
+        return vols.images, vols.counts.float()
+    root = Path(os.environ.get("WSDET_MNIST_DIR", REPO.parent / "shared" / "data" / "mnist"))
+    if (root / "t10k-images-idx3-ubyte.gz").is_file():
+        from wsdet.data.mnist import mnist_grid_splits
+
+        splits = mnist_grid_splits(root, target=4, n_train=n, n_val=8, n_test=8, seed=0)
+        return splits.train.images, splits.train.counts.float()
+    print(f"(MNIST not found in {root}: random images)")
+    gen = torch.Generator().manual_seed(0)
+    return torch.rand(n, 1, 140, 196, generator=gen), torch.randint(0, 5, (n,), generator=gen)
+
+
+def make_model(arch: str, dim: int) -> nn.Module:
+    torch.manual_seed(0)
+    return ARCHS[arch](dim=dim, init="kaiming")
+
+
+def plain_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    batch_size: int,
+) -> float:
+    """The reference: a hand-written eager fp32 NCHW loop over one shuffled epoch, then the
+    validation loss (the same work as one epoch of ``Trainer.fit``)."""
+    images, counts = data
+    model.train()
+    order = torch.randperm(images.shape[0])
+    for begin in range(0, images.shape[0], batch_size):
+        idx = order[begin : begin + batch_size]
+        loss = F.mse_loss(model(images[idx]), counts[idx])
+        optimizer.zero_grad()
+        loss.backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        preds = [model(val[0][i : i + batch_size]) for i in range(0, val[0].shape[0], batch_size)]
+    return float(F.mse_loss(torch.cat(preds), val[1]))
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def throughput(args: argparse.Namespace) -> None:
+    archs = list(ARCHS) if args.arch == "all" else [args.arch]
+    images, counts = load_data(args.dim, args.images, tuple(args.shape3d))
+    val = (images[: args.val], counts[: args.val])
+    batch = 64 if args.dim == 2 else 1
+    print(
+        f"\n{args.dim}D, {args.images} training images {tuple(images.shape[1:])}, "
+        f"batch {batch}, {args.val} validation images, Adadelta, "
+        f"{torch.get_num_threads()} threads, median of {args.repeats} epoch pairs\n"
+    )
+    print("| architecture | plain loop (img/s) | Trainer (img/s) | Trainer / plain |")
+    print("| --- | --- | --- | --- |")
+    for arch in archs:
+        ref_model = make_model(arch, args.dim)
+        ref_opt = torch.optim.Adadelta(ref_model.parameters(), lr=1.0, rho=0.95, eps=1e-7)
+        cfg = TrainConfig(max_epochs=1, patience=None, progress="none", compile=args.compile)
+        trainer = Trainer(make_model(arch, args.dim), cfg)
+
+        def ref() -> None:
+            plain_epoch(ref_model, ref_opt, (images, counts), val, batch)  # noqa: B023
+
+        def ours() -> None:
+            trainer.fit((images, counts), val)  # noqa: B023
+
+        ref()  # warm-up (allocator, oneDNN primitive caches; compilation)
+        ours()
+        t_ref: list[float] = []
+        t_ours: list[float] = []
+        for r in range(args.repeats):
+            pair = (ref, ours) if r % 2 == 0 else (ours, ref)
+            for fn in pair:
+                (t_ref if fn is ref else t_ours).append(timed(fn))
+        ratio = statistics.median(a / b for a, b in zip(t_ref, t_ours, strict=True))
+        n = images.shape[0]
+        print(
+            f"| {arch} | {n / statistics.median(t_ref):.1f} | "
+            f"{n / statistics.median(t_ours):.1f} | {ratio:.2f}x |",
+            flush=True,
+        )
+
+
+def steps(args: argparse.Namespace) -> None:
+    dim = args.dim
+    batch = args.batch or (64 if dim == 2 else 1)
+    images, counts = load_data(dim, batch, tuple(args.shape3d))
+    y = (counts - counts.mean()) / counts.std().clamp_min(1e-6)
+    cl = torch.channels_last if dim == 2 else torch.channels_last_3d
+    # (memory format: 0 NCHW, 1 channels_last via x.contiguous(), 2 channels_last with
+    # unambiguous strides as the Trainer makes them; bf16 autocast; torch.compile)
+    variants = {
+        "eager fp32 NCHW": (0, False, False),
+        "channels_last, x.contiguous(memory_format)": (1, False, False),
+        "channels_last, unambiguous strides (Trainer)": (2, False, False),
+        "bf16 autocast": (0, True, False),
+        "bf16 autocast + channels_last": (2, True, False),
+        "torch.compile": (0, False, True),
+        "torch.compile + channels_last": (2, False, True),
+    }
+    chosen = {
+        k: v
+        for i, (k, v) in enumerate(variants.items())
+        if args.variants == "all" or str(i) in args.variants
+    }
+    runs: dict[str, tuple[Callable[[], None], list[float]]] = {}
+    for name, (use_cl, bf16, compiled) in chosen.items():
+        model = make_model(args.arch, dim)
+        x = images
+        if use_cl:
+            model = model.to(memory_format=cl)  # type: ignore[call-overload]
+            x = images.contiguous(memory_format=cl)
+            if use_cl == 2:  # one channel: .contiguous() keeps NCHW strides
+                x = torch.empty_like(images, memory_format=cl).copy_(images)
+        fwd = torch.compile(model) if compiled else model
+        opt = torch.optim.Adadelta(model.parameters(), lr=1.0, rho=0.95, eps=1e-7)
+
+        def step(fwd: nn.Module = fwd, x: torch.Tensor = x, opt: torch.optim.Optimizer = opt,
+                 bf16: bool = bf16) -> None:  # fmt: skip
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                out = fwd(x)
+            loss = F.mse_loss(out.float(), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+        warm = timed(step) + timed(step)
+        print(f"(warm-up of {name}: {warm:.1f} s)", flush=True)
+        runs[name] = (step, [])
+    for _ in range(args.steps):
+        for step, times in runs.values():
+            times.append(timed(step))
+    base = next(iter(runs.values()))[1]
+    shape = tuple(images.shape[1:])
+    print(
+        f"\n{args.arch} {dim}D, batch {batch} x {shape}, Adadelta, "
+        f"{torch.get_num_threads()} threads, median of {args.steps} interleaved steps\n"
+    )
+    print("| variant | s / step | speed-up vs eager fp32 NCHW |")
+    print("| --- | --- | --- |")
+    for name, (_, times) in runs.items():
+        ratio = statistics.median(b / t for b, t in zip(base, times, strict=True))
+        print(f"| {name} | {statistics.median(times):.3f} | {ratio:.2f}x |")
+
+
+def convergence(args: argparse.Namespace) -> None:
+    import logging
+
+    from wsdet.data.augment import augment
+    from wsdet.data.mnist import GridSampler, mnist_grid_splits
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    root = Path(os.environ.get("WSDET_MNIST_DIR", REPO.parent / "shared" / "data" / "mnist"))
+    splits = mnist_grid_splits(root, target=args.target, n_train=400, n_val=100, seed=0)
+    pool = splits.train_pool
+    train: tuple[torch.Tensor, torch.Tensor] | GridSampler = (
+        GridSampler(pool.images, pool.labels, target=args.target, n_images=400, seed=1)
+        if args.fresh
+        else (splits.train.images, splits.train.counts)
+    )
+    cfg = TrainConfig(
+        optimizer="adam", lr=args.lr, init="kaiming", max_epochs=args.max_epochs,
+        patience=100, time_budget=args.minutes * 60.0, progress="log", log_every=5,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    trainer = Trainer(GPUnet(dim=2), cfg, augment=augment, out_dir=args.out)
+    result = trainer.fit(train, (splits.val.images, splits.val.counts), resume=True)
+    hist = result.history
+    hit = next((i for i, m in enumerate(hist["val_mae"]) if m < args.mae), None)
+    test = trainer.evaluate(splits.test.images, splits.test.counts)
+    mean_mae = float((splits.test.counts - splits.train.counts.float().mean()).abs().mean())
+    data = "fresh grids every epoch" if args.fresh else "400 fixed grids"
+    print(f"\n| run | epochs to val MAE < {args.mae} | minutes | epochs run | stop | "
+          "best val MAE (epoch) | test MAE | test MAE of the mean |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    reached = (
+        f"{hit + 1} | {hist['elapsed'][hit] / 60:.1f}" if hit is not None else "not reached | -"
+    )
+    best_mae = hist["val_mae"][result.best_epoch]
+    print(
+        f"| digit {args.target}, {data} | {reached} | {result.epochs} | {result.stop_reason} | "
+        f"{best_mae:.3f} ({result.best_epoch}) | {test['mae']:.3f} | {mean_mae:.3f} |"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "what", nargs="?", default="throughput", choices=["throughput", "steps", "convergence"]
+    )
+    parser.add_argument("--dim", type=int, default=2, choices=[2, 3])
+    parser.add_argument("--arch", default="gpunet", choices=[*ARCHS, "all"])
+    parser.add_argument("--images", type=int, default=128, help="training images per epoch")
+    parser.add_argument("--val", type=int, default=16, help="validation images (throughput)")
+    parser.add_argument("--repeats", type=int, default=5, help="epoch pairs (throughput)")
+    parser.add_argument("--steps", type=int, default=8, help="steps per variant (steps)")
+    parser.add_argument("--batch", type=int, default=None, help="batch (steps); default 64/1")
+    parser.add_argument(
+        "--variants", default="all", help="comma-separated variant numbers 0-6 (steps)"
+    )
+    parser.add_argument("--compile", action="store_true", help="Trainer with compile=True")
+    parser.add_argument("--shape3d", type=int, nargs=3, default=[32, 64, 64])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--fresh", action="store_true", help="fresh grids (convergence)")
+    parser.add_argument("--target", type=int, default=4, help="digit (convergence)")
+    parser.add_argument("--lr", type=float, default=3e-3, help="Adam lr (convergence)")
+    parser.add_argument("--mae", type=float, default=0.5, help="MAE threshold (convergence)")
+    parser.add_argument("--minutes", type=float, default=25.0, help="time cap (convergence)")
+    parser.add_argument("--max-epochs", type=int, default=1000, help="(convergence)")
+    parser.add_argument("--out", default="runs/convergence", help="run folder (convergence)")
+    args = parser.parse_args()
+    if args.variants != "all":
+        args.variants = [v.strip() for v in args.variants.split(",")]
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}")
+    {"throughput": throughput, "steps": steps, "convergence": convergence}[args.what](args)
+
+
+if __name__ == "__main__":
+    main()
