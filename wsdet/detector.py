@@ -103,7 +103,9 @@ class Detector:
             raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
         if x.shape[0] == 0:
             raise ValueError("x must hold at least one sample, got batch size 0")
-        if not bool(torch.isfinite(x).all()):
+        # one reduction first; the elementwise check only when the sum is not finite
+        # (NaN/inf present, or a float overflow of a finite input)
+        if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
             raise ValueError("x contains NaN or infinite values")
         conv = self._first_conv
         if conv is not None:
