@@ -148,6 +148,20 @@ def test_find_head_prefers_declared_head_then_last_linear() -> None:
     fold_target_scaling(no_bias, mean=0.0, std=2.0)  # a zero mean needs no bias
 
 
+def test_folding_scales_the_gp_unet_cam_by_std() -> None:
+    """The fold acts on the head the CAM uses: maps scale by std, peaks do not move."""
+    from wsdet import Detector
+    from wsdet.models import GPUnet
+
+    torch.manual_seed(0)
+    model = GPUnet(dim=2, init="kaiming")
+    x = torch.rand(2, 1, 16, 20)
+    before = Detector(model, method="gp_unet").attention(x)
+    fold_target_scaling(model, mean=1.3, std=2.5)
+    after = Detector(model, method="gp_unet").attention(x)
+    torch.testing.assert_close(after, 2.5 * before)
+
+
 def test_fit_returns_model_in_counts(tmp_path: Path) -> None:
     train, val = spot_data(40, 0), spot_data(20, 1)
     trainer = Trainer(TinyNet(), quiet(optimizer="adam", lr=0.01, max_epochs=3), out_dir=tmp_path)
@@ -520,6 +534,22 @@ def test_init_option_is_seeded() -> None:
 def test_config_rejects_bad_values(kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         TrainConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_fit_accepts_datasets_with_images_and_counts() -> None:
+    from types import SimpleNamespace
+
+    train, val = spot_data(16, 0), spot_data(8, 1)
+    as_tensors = Trainer(TinyNet(), quiet(max_epochs=2, seed=4))
+    as_tensors.model.load_state_dict(TinyNet().state_dict())
+    as_objects = Trainer(TinyNet(), quiet(max_epochs=2, seed=4))
+    as_objects.model.load_state_dict(as_tensors.model.state_dict())
+    a = as_tensors.fit(train, val)
+    b = as_objects.fit(
+        SimpleNamespace(images=train[0], counts=train[1]),
+        SimpleNamespace(images=val[0], counts=val[1]),
+    )
+    assert a.history["val_loss"] == b.history["val_loss"]
 
 
 def test_fit_rejects_bad_data() -> None:

@@ -49,6 +49,7 @@ from wsdet.models import init_weights
 
 __all__ = [
     "AugmentFn",
+    "CountData",
     "Sampler",
     "TrainConfig",
     "TrainResult",
@@ -70,7 +71,7 @@ StopReason: TypeAlias = Literal["max_epochs", "patience", "time_budget"]
 
 #: A sampler of fresh training data: ``epoch -> (images, counts)`` (extra items ignored).
 Sampler: TypeAlias = Callable[[int], Sequence[torch.Tensor]]
-TrainData: TypeAlias = tuple[torch.Tensor, torch.Tensor] | Sampler
+TrainData: TypeAlias = "tuple[torch.Tensor, torch.Tensor] | CountData | Sampler"
 
 _STATE_FORMAT = "wsdet.train.state/1"
 _MODEL_FORMAT = "wsdet.model/1"
@@ -93,6 +94,19 @@ _RESUME_FIELDS = (
     "seed",
     "precision",
 )
+
+
+class CountData(Protocol):
+    """A dataset exposing all its images (N, C, *S) and counts (N,) as tensors.
+
+    :class:`wsdet.data.MNISTGrid` and :class:`wsdet.data.PhantomSet` fit this protocol.
+    """
+
+    @property
+    def images(self) -> torch.Tensor: ...
+
+    @property
+    def counts(self) -> torch.Tensor: ...
 
 
 class AugmentFn(Protocol):
@@ -143,11 +157,12 @@ def _check_images(name: str, images: object) -> torch.Tensor:
     return images
 
 
-def _check_data(
-    name: str, data: object, *, min_items: int = 2
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate ``(images, counts, ...)``; return images (N, C, *S) float and counts (N,)."""
-    if not isinstance(data, Sequence) or isinstance(data, str) or len(data) < min_items:
+def _check_data(name: str, data: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate ``(images, counts, ...)``, or an object with ``.images`` and ``.counts``
+    (e.g. :class:`wsdet.data.MNISTGrid`); return images (N, C, *S) float and counts (N,)."""
+    if hasattr(data, "images") and hasattr(data, "counts"):
+        data = (data.images, data.counts)
+    if not isinstance(data, Sequence) or isinstance(data, str) or len(data) < 2:
         raise TypeError(f"{name} must be a tuple (images, counts); got {type(data).__name__}")
     images = _check_images(f"{name} images", data[0])
     counts = data[1]
@@ -226,13 +241,16 @@ class TrainConfig:
         :meth:`Trainer.fit` (dropout), which is restored for the caller afterwards.
     memory_format : {"auto", "contiguous", "channels_last"}, default "auto"
         Memory format of the model and batches during :meth:`Trainer.fit`.
-        ``"auto"``: ``channels_last`` for 2D models on CPU (measured 1.5-1.9x faster here,
-        ``docs/training.md``), contiguous otherwise. The model is returned contiguous.
+        ``"auto"``: ``channels_last`` for 2D models on CPU (a GP-Unet 2D step measured 1.36x
+        faster, ``docs/training.md``), contiguous otherwise (``channels_last_3d`` brought
+        nothing in 3D). The model is returned contiguous.
     precision : {"fp32", "bf16"}, default "fp32"
         ``"bf16"`` runs the training forward pass under ``torch.autocast`` in bfloat16
-        (validation and prediction stay float32). Slower on CPUs without native bf16.
+        (validation and prediction stay float32). Five times slower on CPUs without native
+        bf16 (measured on AVX2).
     compile : bool, default False
-        Train through ``torch.compile(model)`` (the first steps pay the compilation).
+        Train through ``torch.compile(model)`` (the first steps pay the compilation; it
+        was not faster on the development CPU).
     checkpoint_every : int, default 1
         Write the training state every this many epochs (when the trainer has an ``out_dir``).
     progress : {"auto", "bar", "log", "none"}, default "auto"
@@ -626,7 +644,8 @@ class _Progress:
         epoch = int(row["epoch"])
         metrics = {k: v for k, v in row.items() if k not in ("epoch", "lr", "elapsed")}
         if self.bar is not None:
-            self.bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items()}, refresh=False)
+            shown = {k: f"{v:.4g}" for k, v in metrics.items() if k != "seconds"}
+            self.bar.set_postfix(shown, refresh=False)
             self.bar.update(1)
         elif self.mode == "log" and (epoch + 1) % self.log_every == 0:
             text = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
@@ -880,7 +899,7 @@ class Trainer:
     def fit(
         self,
         train: TrainData,
-        val: tuple[torch.Tensor, torch.Tensor],
+        val: tuple[torch.Tensor, torch.Tensor] | CountData,
         *,
         resume: bool | PathLike = False,
     ) -> TrainResult:
@@ -888,13 +907,16 @@ class Trainer:
 
         Parameters
         ----------
-        train : (images, counts) or callable
-            Training tensors ``images`` (N, C, *S) float and ``counts`` (N,), or a sampler
+        train : (images, counts), dataset or callable
+            Training tensors ``images`` (N, C, *S) float and ``counts`` (N,), an object with
+            such ``.images`` and ``.counts`` (:class:`wsdet.data.MNISTGrid`,
+            :class:`wsdet.data.PhantomSet`), or a sampler
             ``epoch -> (images, counts[, ...])`` returning fresh data for every epoch (it
             must be deterministic in ``epoch`` for exact resumes; extra items are ignored).
             Data stay on their device; batches are moved to the model's device.
-        val : (images, counts)
-            Validation tensors, scored after every epoch.
+        val : (images, counts) or dataset
+            Validation tensors (or an object with ``.images`` and ``.counts``), scored after
+            every epoch.
         resume : bool or path, default False
             ``True``: continue from ``out_dir/last.pt`` if it exists (else start afresh);
             a path: continue from that training-state checkpoint. The run then continues
