@@ -33,6 +33,16 @@ Three measurements, each printed as a Markdown table:
 
     python benchmarks/bench_train.py convergence --out runs/conv_fixed --minutes 25
     python benchmarks/bench_train.py convergence --fresh --out runs/conv_fresh --minutes 25
+
+``activity``
+    A diagnostic of the count-regression plateau: trains GP-Unet 2D with Adam on the 400
+    fixed training grids (standardised targets, no augmentation, batches of ``--batch``,
+    default 16) for ``--iters`` steps and prints every 50 steps the validation count MAE,
+    the spread of the predicted counts and, per convolution, the fraction of positive
+    (alive) ReLU outputs on the validation grids::
+
+    python benchmarks/bench_train.py activity --lr 3e-3 --iters 300
+    python benchmarks/bench_train.py activity --lr 3e-3 --warmup 200 --iters 300
 """
 
 from __future__ import annotations
@@ -228,6 +238,19 @@ def steps(args: argparse.Namespace) -> None:
         print(f"| {name} | {statistics.median(times):.3f} | {ratio:.2f}x |")
 
 
+def _init_model(model: nn.Module, init: str) -> nn.Module:
+    """``init_weights`` schemes, or "conv-kaiming": PyTorch's default initialisation with
+    Kaiming-normal convolution weights (biases and the head left as PyTorch draws them)."""
+    from wsdet.models import init_weights
+
+    if init != "conv-kaiming":
+        return init_weights(model, init, generator=torch.Generator().manual_seed(0))
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d | nn.Conv3d):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    return model
+
+
 def convergence(args: argparse.Namespace) -> None:
     import logging
 
@@ -244,17 +267,21 @@ def convergence(args: argparse.Namespace) -> None:
         else (splits.train.images, splits.train.counts)
     )
     cfg = TrainConfig(
-        optimizer="adam", lr=args.lr, init="kaiming", max_epochs=args.max_epochs,
+        optimizer="adam", lr=args.lr, max_epochs=args.max_epochs,
+        init=None if args.init == "conv-kaiming" else args.init,
         patience=100, time_budget=args.minutes * 60.0, progress="log", log_every=5,
+        batch_size=args.batch or 64,
     )  # fmt: skip
     torch.manual_seed(0)
-    trainer = Trainer(GPUnet(dim=2), cfg, augment=augment, out_dir=args.out)
+    model = _init_model(GPUnet(dim=2), args.init)
+    trainer = Trainer(model, cfg, augment=None if args.no_augment else augment, out_dir=args.out)
     result = trainer.fit(train, (splits.val.images, splits.val.counts), resume=True)
     hist = result.history
     hit = next((i for i, m in enumerate(hist["val_mae"]) if m < args.mae), None)
     test = trainer.evaluate(splits.test.images, splits.test.counts)
     mean_mae = float((splits.test.counts - splits.train.counts.float().mean()).abs().mean())
     data = "fresh grids every epoch" if args.fresh else "400 fixed grids"
+    data += ", no augmentation" if args.no_augment else ""
     print(f"\n| run | epochs to val MAE < {args.mae} | minutes | epochs run | stop | "
           "best val MAE (epoch) | test MAE | test MAE of the mean |")  # fmt: skip
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -268,10 +295,56 @@ def convergence(args: argparse.Namespace) -> None:
     )
 
 
+def activity(args: argparse.Namespace) -> None:
+    from wsdet.data.mnist import mnist_grid_splits
+
+    root = Path(os.environ.get("WSDET_MNIST_DIR", REPO.parent / "shared" / "data" / "mnist"))
+    splits = mnist_grid_splits(root, target=args.target, n_train=400, n_val=100, seed=0)
+    x, y = splits.train.images, splits.train.counts.float()
+    vx, vy = splits.val.images, splits.val.counts.float()
+    mean, std = float(y.mean()), float(y.std(correction=0))
+    torch.manual_seed(0)
+    model = _init_model(GPUnet(dim=2), args.init)
+    opt: torch.optim.Optimizer
+    if args.optimizer == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    else:  # the paper's (Keras) Adadelta; --lr scales its steps (1.0 = Keras)
+        opt = torch.optim.Adadelta(model.parameters(), lr=args.lr, rho=0.95, eps=1e-7)
+    alive: dict[str, float] = {}
+    names = ["conv1", "conv2", "conv3", "conv4", "conv5"]
+    for name in names:
+        getattr(model, name).register_forward_hook(
+            lambda _m, _i, out, name=name: alive.__setitem__(name, float((out > 0).float().mean()))
+        )
+    gen = torch.Generator().manual_seed(1)
+    batch = args.batch or 16
+    print(f"\nGP-Unet 2D, {args.optimizer} lr {args.lr}, warm-up {args.warmup} steps, "
+          f"init {args.init}, batch {batch}, 400 fixed grids, digit {args.target}\n")  # fmt: skip
+    print("| step | val MAE | spread of predictions | " + " | ".join(names) + " |")
+    print("| --- " * (3 + len(names)) + "|")
+    for step in range(1, args.iters + 1):
+        idx = torch.randint(0, len(x), (batch,), generator=gen)
+        loss = ((model(x[idx]) - (y[idx] - mean) / std) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        for group in opt.param_groups:
+            group["lr"] = args.lr * min(1.0, step / args.warmup) if args.warmup else args.lr
+        opt.step()
+        if step % 50 == 0 or step == args.iters:
+            with torch.no_grad():
+                pred = model(vx) * std + mean
+            cells = " | ".join(f"{alive[n]:.3f}" for n in names)
+            mae = float((pred - vy).abs().mean())
+            print(f"| {step} | {mae:.3f} | {float(pred.std()):.3f} | {cells} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "what", nargs="?", default="throughput", choices=["throughput", "steps", "convergence"]
+        "what",
+        nargs="?",
+        default="throughput",
+        choices=["throughput", "steps", "convergence", "activity"],
     )
     parser.add_argument("--dim", type=int, default=2, choices=[2, 3])
     parser.add_argument("--arch", default="gpunet", choices=[*ARCHS, "all"])
@@ -279,7 +352,9 @@ def main() -> None:
     parser.add_argument("--val", type=int, default=16, help="validation images (throughput)")
     parser.add_argument("--repeats", type=int, default=5, help="epoch pairs (throughput)")
     parser.add_argument("--steps", type=int, default=8, help="steps per variant (steps)")
-    parser.add_argument("--batch", type=int, default=None, help="batch (steps); default 64/1")
+    parser.add_argument(
+        "--batch", type=int, default=None, help="batch (steps, convergence); default 64/1"
+    )
     parser.add_argument(
         "--variants", default="all", help="comma-separated variant numbers 0-6 (steps)"
     )
@@ -287,18 +362,28 @@ def main() -> None:
     parser.add_argument("--shape3d", type=int, nargs=3, default=[32, 64, 64])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--fresh", action="store_true", help="fresh grids (convergence)")
+    parser.add_argument("--no-augment", action="store_true", help="(convergence)")
     parser.add_argument("--target", type=int, default=4, help="digit (convergence)")
     parser.add_argument("--lr", type=float, default=3e-3, help="Adam lr (convergence)")
     parser.add_argument("--mae", type=float, default=0.5, help="MAE threshold (convergence)")
     parser.add_argument("--minutes", type=float, default=25.0, help="time cap (convergence)")
     parser.add_argument("--max-epochs", type=int, default=1000, help="(convergence)")
     parser.add_argument("--out", default="runs/convergence", help="run folder (convergence)")
+    parser.add_argument("--optimizer", default="adam", choices=["adam", "adadelta"],
+                        help="(activity)")  # fmt: skip
+    parser.add_argument("--iters", type=int, default=300, help="optimiser steps (activity)")
+    parser.add_argument("--warmup", type=int, default=0, help="linear lr warm-up (activity)")
+    parser.add_argument("--init", default="kaiming",
+                        choices=["kaiming", "keras", "default", "conv-kaiming"],
+                        help="weight init (convergence, activity)")  # fmt: skip
     args = parser.parse_args()
     if args.variants != "all":
         args.variants = [v.strip() for v in args.variants.split(",")]
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}")
-    {"throughput": throughput, "steps": steps, "convergence": convergence}[args.what](args)
+    what = {"throughput": throughput, "steps": steps, "convergence": convergence}
+    what["activity"] = activity
+    what[args.what](args)
 
 
 if __name__ == "__main__":
