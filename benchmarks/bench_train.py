@@ -239,12 +239,16 @@ def steps(args: argparse.Namespace) -> None:
 
 
 def _init_model(model: nn.Module, init: str) -> nn.Module:
-    """``init_weights`` schemes, or "conv-kaiming": PyTorch's default initialisation with
-    Kaiming-normal convolution weights (biases and the head left as PyTorch draws them)."""
+    """``init_weights`` schemes; "paper": N(0, 1) weights and zero biases as the paper
+    states; "conv-kaiming": PyTorch's default initialisation with Kaiming-normal convolution
+    weights (biases and the head left as PyTorch draws them)."""
     from wsdet.models import init_weights
 
+    gen = torch.Generator().manual_seed(0)
+    if init == "paper":  # N(0, 1) weights, zero biases (paper §3.5: "unit variance")
+        return init_weights(model, "keras", std=1.0, generator=gen)
     if init != "conv-kaiming":
-        return init_weights(model, init, generator=torch.Generator().manual_seed(0))
+        return init_weights(model, init, generator=gen)
     for module in model.modules():
         if isinstance(module, nn.Conv2d | nn.Conv3d):
             nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
@@ -268,7 +272,7 @@ def convergence(args: argparse.Namespace) -> None:
     )
     cfg = TrainConfig(
         optimizer="adam", lr=args.lr, max_epochs=args.max_epochs,
-        init=None if args.init == "conv-kaiming" else args.init,
+        init=None if args.init in ("conv-kaiming", "paper") else args.init,
         patience=100, time_budget=args.minutes * 60.0, progress="log", log_every=5,
         batch_size=args.batch or 64,
     )  # fmt: skip
@@ -308,6 +312,8 @@ def activity(args: argparse.Namespace) -> None:
     opt: torch.optim.Optimizer
     if args.optimizer == "adam":
         opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    elif args.optimizer == "sgd":  # with momentum 0.9
+        opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
     else:  # the paper's (Keras) Adadelta; --lr scales its steps (1.0 = Keras)
         opt = torch.optim.Adadelta(model.parameters(), lr=args.lr, rho=0.95, eps=1e-7)
     alive: dict[str, float] = {}
@@ -369,12 +375,12 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=25.0, help="time cap (convergence)")
     parser.add_argument("--max-epochs", type=int, default=1000, help="(convergence)")
     parser.add_argument("--out", default="runs/convergence", help="run folder (convergence)")
-    parser.add_argument("--optimizer", default="adam", choices=["adam", "adadelta"],
+    parser.add_argument("--optimizer", default="adam", choices=["adam", "adadelta", "sgd"],
                         help="(activity)")  # fmt: skip
     parser.add_argument("--iters", type=int, default=300, help="optimiser steps (activity)")
     parser.add_argument("--warmup", type=int, default=0, help="linear lr warm-up (activity)")
     parser.add_argument("--init", default="kaiming",
-                        choices=["kaiming", "keras", "default", "conv-kaiming"],
+                        choices=["kaiming", "keras", "default", "conv-kaiming", "paper"],
                         help="weight init (convergence, activity)")  # fmt: skip
     args = parser.parse_args()
     if args.variants != "all":
