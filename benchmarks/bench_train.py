@@ -272,7 +272,7 @@ def convergence(args: argparse.Namespace) -> None:
     )
     cfg = TrainConfig(
         optimizer="adam", lr=args.lr, max_epochs=args.max_epochs,
-        init=None if args.init in ("conv-kaiming", "paper") else args.init,
+        init=None,  # _init_model below draws the same weights as the Trainer's init would
         patience=100, time_budget=args.minutes * 60.0, progress="log", log_every=5,
         batch_size=args.batch or 64,
     )  # fmt: skip
@@ -400,9 +400,13 @@ def main() -> None:
         args.variants = [v.strip() for v in args.variants.split(",")]
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}")
-    what = {"throughput": throughput, "steps": steps, "convergence": convergence}
-    what["activity"] = activity
-    what[args.what](args)
+    commands = {
+        "throughput": throughput,
+        "steps": steps,
+        "convergence": convergence,
+        "activity": activity,
+    }
+    commands[args.what](args)
 
 
 if __name__ == "__main__":
