@@ -28,6 +28,7 @@ def test_config_key_is_stable_and_sensitive():
 @pytest.mark.slow
 @needs_mnist
 def test_mnist_smoke_resumes_without_retraining(tmp_path, monkeypatch):
+    import wsdet.experiments.common as common
     import wsdet.experiments.mnist as mn
 
     cfg = mn.MNISTStudyConfig.smoke(
@@ -37,7 +38,7 @@ def test_mnist_smoke_resumes_without_retraining(tmp_path, monkeypatch):
         n_test=12,
         n_bootstrap=20,
     )
-    real = mn.train_cached
+    real = common.train_cached
     calls: list[str] = []
 
     def interrupted(store, name, *args, **kwargs):
@@ -47,7 +48,7 @@ def test_mnist_smoke_resumes_without_retraining(tmp_path, monkeypatch):
         calls.append(name)
         return out
 
-    monkeypatch.setattr(mn, "train_cached", interrupted)
+    monkeypatch.setattr(common, "train_cached", interrupted)
     with pytest.raises(KeyboardInterrupt):
         mn.run_mnist(cfg, tmp_path)
     assert len(calls) == 1
@@ -58,7 +59,7 @@ def test_mnist_smoke_resumes_without_retraining(tmp_path, monkeypatch):
     best = done[0].parent / "best.pt"
     best_stamp = best.stat().st_mtime_ns
 
-    monkeypatch.setattr(mn, "train_cached", real)
+    monkeypatch.setattr(common, "train_cached", real)
     results = mn.run_mnist(cfg, tmp_path)
     nets = results["networks"]
     assert nets[first]["cached"] is True  # loaded, not retrained
@@ -123,3 +124,82 @@ def test_lesions3d_smoke_and_cache(tmp_path):
     assert again["evaluations"] == first["evaluations"]
     assert (tmp_path / "froc_lesions3d.png").exists()
     assert (tmp_path / "slices_basal_ganglia.png").exists()
+
+
+def _tiny_jobs():
+    import torch
+
+    from wsdet.experiments import TrainJob
+    from wsdet.train import TrainConfig
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(8, 1, 16, 16, generator=g)
+    y = torch.randint(0, 3, (8,), generator=g)
+    cfg = TrainConfig(optimizer="adam", lr=1e-3, max_epochs=2, batch_size=4, progress="none")
+    return [
+        TrainJob(name, {"arch": "basecnn", "dim": 2, "width": 2}, cfg, (x, y), (x[:4], y[:4]))
+        for name in ("first", "second")
+    ]
+
+
+def test_train_all_leaves_a_network_locked_elsewhere_for_last(tmp_path):
+    """Two processes on one study: a network another process holds is trained last (after
+    that process lets it go), the others meanwhile; nothing is trained twice."""
+    import threading
+    import time
+
+    from wsdet.experiments import Store, train_all, train_cached
+    from wsdet.experiments.common import _TrainLock
+
+    store = Store(tmp_path)
+    jobs = _tiny_jobs()
+    first = jobs[0]
+    folder = store.entry(
+        "models", first.name, {"spec": first.spec, "train": first.config.to_dict()}
+    )
+    other = _TrainLock(folder)  # "another process" holds the first network
+    assert other.acquire(wait=False)
+    skipped = train_cached(
+        store, first.name, first.spec, first.config, first.train, first.val, wait=False
+    )
+    assert skipped is None and not (folder / "done.json").exists()
+
+    order: list[str] = []
+    result: dict = {}
+    worker = threading.Thread(
+        target=lambda: result.update(train_all(store, jobs, on_trained=order.append))
+    )
+    worker.start()
+    deadline = time.monotonic() + 120
+    while order != ["second"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert order == ["second"]  # the free network first, while "first" is held
+    time.sleep(0.3)
+    assert worker.is_alive() and not (folder / "done.json").exists()  # waiting for the lock
+    other.release()
+    worker.join(timeout=120)
+    assert order == ["second", "first"]
+    assert list(result) == ["first", "second"]  # in the order of the jobs
+    assert all(not info["cached"] for _, info in result.values())
+    again = train_all(store, jobs)
+    assert all(info["cached"] for _, info in again.values())
+
+
+def test_train_cached_builds_reproducible_networks(tmp_path):
+    """Parameters an init scheme keeps come from the config's seed, not the global RNG."""
+    import dataclasses
+
+    import torch
+
+    from wsdet.experiments import Store, train_cached
+
+    job = _tiny_jobs()[0]
+    cfg = dataclasses.replace(job.config, init="kaiming_conv", max_epochs=1)
+    models = []
+    for i in range(2):
+        torch.manual_seed(100 + i)  # different global state each time
+        got = train_cached(Store(tmp_path / str(i)), job.name, job.spec, cfg, job.train, job.val)
+        assert got is not None
+        models.append(got[0])
+    for a, b in zip(models[0].state_dict().values(), models[1].state_dict().values(), strict=True):
+        assert torch.equal(a, b)

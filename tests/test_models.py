@@ -527,6 +527,32 @@ def test_kaiming_init() -> None:
     assert abs(big.std().item() - math.sqrt(2.0 / (130 * 27))) < 0.01 * math.sqrt(2 / (130 * 27))
 
 
+def test_kaiming_conv_init_redraws_only_conv_weights() -> None:
+    torch.manual_seed(3)
+    model = GPUnet(2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    init_weights(model, "kaiming_conv", generator=torch.Generator().manual_seed(0))
+    after = model.state_dict()
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            w = after[f"{name}.weight"]
+            assert not torch.equal(w, before[f"{name}.weight"]), name
+            if w.numel() > 1000:  # std sqrt(2 / fan_in), 6 standard errors
+                expected = math.sqrt(2.0 / w[0].numel())
+                assert abs(w.std().item() / expected - 1) < 6 / math.sqrt(2 * w.numel()), name
+            # biases keep PyTorch's (non-zero) draw
+            torch.testing.assert_close(after[f"{name}.bias"], before[f"{name}.bias"])
+            assert bool((after[f"{name}.bias"] != 0).any())
+        if isinstance(module, nn.Linear):
+            torch.testing.assert_close(after[f"{name}.weight"], before[f"{name}.weight"])
+            torch.testing.assert_close(after[f"{name}.bias"], before[f"{name}.bias"])
+    again = GPUnet(2)
+    again.load_state_dict(before)
+    init_weights(again, "kaiming_conv", generator=torch.Generator().manual_seed(0))
+    for k, v in again.state_dict().items():
+        assert torch.equal(v, after[k]), k
+
+
 def test_default_init_is_pytorch() -> None:
     torch.manual_seed(9)
     model = GPUnet(2)

@@ -63,7 +63,7 @@ logger = logging.getLogger(__name__)
 
 Objective: TypeAlias = Literal["regression", "classification"]
 OptimizerName: TypeAlias = Literal["adadelta", "adam"]
-InitScheme: TypeAlias = Literal["default", "keras", "kaiming"]
+InitScheme: TypeAlias = Literal["default", "keras", "kaiming", "kaiming_conv"]
 Precision: TypeAlias = Literal["fp32", "bf16"]
 MemoryFormat: TypeAlias = Literal["auto", "contiguous", "channels_last"]
 ProgressMode: TypeAlias = Literal["auto", "bar", "log", "none"]
@@ -205,10 +205,12 @@ class TrainConfig:
         Adam moment decays.
     weight_decay : float, default 0.0
         L2 penalty added by the optimiser.
-    init : {"default", "keras", "kaiming"}, optional
+    init : {"default", "keras", "kaiming", "kaiming_conv"}, optional
         If given, :func:`wsdet.models.init_weights` is applied when the :class:`Trainer` is
         created, with a generator seeded by ``seed`` (``"keras"``: N(0, 0.05), zero bias;
-        ``"kaiming"``: Kaiming-normal, zero bias). ``None`` keeps the model's weights.
+        ``"kaiming"``: Kaiming-normal, zero bias; ``"kaiming_conv"``: Kaiming-normal
+        convolution weights, biases and linear layers as constructed). ``None`` keeps the
+        model's weights.
     standardize_targets : bool, default True
         Regression only (ignored for classification): train on ``(y - mean) / std`` of the
         training counts, then fold the scaling into the final ``Linear(K, 1)`` (see
@@ -306,7 +308,7 @@ class TrainConfig:
             _check_float("betas", b, unit=True)
         _check_float("weight_decay", self.weight_decay)
         if self.init is not None:
-            _check_choice("init", self.init, ("default", "keras", "kaiming"))
+            _check_choice("init", self.init, ("default", "keras", "kaiming", "kaiming_conv"))
         for flag in ("standardize_targets", "drop_last", "shuffle", "compile"):
             if not isinstance(getattr(self, flag), bool):
                 raise TypeError(f"{flag} must be a bool; got {getattr(self, flag)!r}")

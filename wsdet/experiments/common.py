@@ -39,8 +39,10 @@ __all__ = [
     "METHOD_ARCHITECTURE",
     "METHOD_LABELS",
     "Store",
+    "TrainJob",
     "detect_cached",
     "load_detections",
+    "train_all",
     "train_cached",
 ]
 
@@ -122,6 +124,38 @@ def build_model(arch: str, dim: int, width: int | None = None) -> nn.Module:
     return ARCHITECTURES[arch](dim=dim, width=width)  # type: ignore[call-arg]
 
 
+class _TrainLock:
+    """An exclusive advisory lock on ``folder/train.lock`` (POSIX ``flock``).
+
+    Lets several processes work through the same study at once: each trains the networks
+    nobody else holds. Without ``fcntl`` (Windows) the lock is a no-op (one process).
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / "train.lock"
+        self._fh: Any = None
+
+    def acquire(self, wait: bool) -> bool:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return True
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+")  # held until release()
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            fh.close()
+            return False
+        self._fh = fh
+        return True
+
+    def release(self) -> None:
+        if self._fh is not None:
+            self._fh.close()  # closing the descriptor drops the flock
+            self._fh = None
+
+
 def train_cached(
     store: Store,
     name: str,
@@ -132,44 +166,104 @@ def train_cached(
     *,
     augment: Any = None,
     on_trained: Callable[[str], None] | None = None,
-) -> tuple[nn.Module, dict[str, Any]]:
+    wait: bool = True,
+) -> tuple[nn.Module, dict[str, Any]] | None:
     """Train the network described by ``spec`` (arch, dim, width, data...) or load it.
 
     ``spec`` and ``config`` together form the cache key; ``config.time_budget`` and
     ``config.max_epochs`` are part of it, so a longer budget is a different network.
+    The network is built with the global generator seeded by ``config.seed`` (so that
+    parameters an ``init`` scheme keeps, e.g. biases under ``"kaiming_conv"``, are
+    reproducible). While training, the entry is locked: another process running the same
+    study waits for it (``wait=True``) or gets ``None`` back (``wait=False``) and can train
+    something else meanwhile.
     Returns the model (eval mode, predicting counts or logits) and the run summary.
     """
     key_cfg = {"spec": spec, "train": config.to_dict()}
     folder = store.entry("models", name, key_cfg)
-    model = build_model(spec["arch"], spec["dim"], spec.get("width"))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = build_model(spec["arch"], spec["dim"], spec.get("width"))
     done = folder / "done.json"
-    if done.exists():
-        Trainer(model).finetune_from(folder / "best.pt")
-        info: dict[str, Any] = store.read_json(done)
-        info["cached"] = True
-        return model.eval(), info
-    store.write_json(folder / "config.json", key_cfg)
-    resumed = (folder / "last.pt").exists()
-    log.info("training %s (%s)%s", name, folder.name, " — resuming" if resumed else "")
-    t0 = time.perf_counter()
-    trainer = Trainer(model, config, out_dir=folder, augment=augment)
-    result = trainer.fit(train, val, resume=True)
-    info = {
-        "name": name,
-        "best_epoch": result.best_epoch,
-        "best_val_loss": result.best_val_loss,
-        "epochs": result.epochs,
-        "stop_reason": result.stop_reason,
-        "train_seconds": result.seconds,
-        "wall_seconds_this_call": time.perf_counter() - t0,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "resumed": resumed,
-    }
-    store.write_json(done, info)
+    lock = _TrainLock(folder)
+    if not done.exists() and not lock.acquire(wait):
+        return None
+    try:
+        if done.exists():
+            Trainer(model).finetune_from(folder / "best.pt")
+            info: dict[str, Any] = store.read_json(done)
+            info["cached"] = True
+            return model.eval(), info
+        store.write_json(folder / "config.json", key_cfg)
+        resumed = (folder / "last.pt").exists()
+        log.info("training %s (%s)%s", name, folder.name, " — resuming" if resumed else "")
+        t0 = time.perf_counter()
+        trainer = Trainer(model, config, out_dir=folder, augment=augment)
+        result = trainer.fit(train, val, resume=True)
+        info = {
+            "name": name,
+            "best_epoch": result.best_epoch,
+            "best_val_loss": result.best_val_loss,
+            "epochs": result.epochs,
+            "stop_reason": result.stop_reason,
+            "train_seconds": result.seconds,
+            "wall_seconds_this_call": time.perf_counter() - t0,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "resumed": resumed,
+        }
+        store.write_json(done, info)
+    finally:
+        lock.release()
     if on_trained is not None:
         on_trained(name)
     info["cached"] = False
     return model.eval(), info
+
+
+@dataclasses.dataclass
+class TrainJob:
+    """One network of a study: the arguments of :func:`train_cached`."""
+
+    name: str
+    spec: dict[str, Any]
+    config: TrainConfig
+    train: Any
+    val: tuple[torch.Tensor, torch.Tensor]
+    augment: Any = None
+
+
+def train_all(
+    store: Store,
+    jobs: Sequence[TrainJob],
+    *,
+    on_trained: Callable[[str], None] | None = None,
+) -> dict[str, tuple[nn.Module, dict[str, Any]]]:
+    """Train (or load) every job; networks locked by another process are left for last.
+
+    Start the same study command in two shells to use two cores: each process takes the
+    next network nobody holds, and both finish with every network available.
+    """
+    out: dict[str, tuple[nn.Module, dict[str, Any]]] = {}
+    deferred: list[TrainJob] = []
+    for wait, todo in ((False, list(jobs)), (True, deferred)):
+        for job in todo:
+            got = train_cached(
+                store,
+                job.name,
+                job.spec,
+                job.config,
+                job.train,
+                job.val,
+                augment=job.augment,
+                on_trained=on_trained,
+                wait=wait,
+            )
+            if got is None:
+                log.info("%s is being trained by another process; later", job.name)
+                deferred.append(job)
+            else:
+                out[job.name] = got
+    return {job.name: out[job.name] for job in jobs}
 
 
 def detect_all(

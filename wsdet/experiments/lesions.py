@@ -217,7 +217,7 @@ def run_lesions(config: LesionStudyConfig, out: str | Path) -> dict[str, Any]:
         for arch in archs:
             spec = {"arch": arch, "dim": 3, "width": cfg.width, **data_key}
             name = f"{setting}-{arch}"
-            model, info = train_cached(
+            got = train_cached(
                 store,
                 name,
                 spec,
@@ -226,6 +226,8 @@ def run_lesions(config: LesionStudyConfig, out: str | Path) -> dict[str, Any]:
                 (val.images, val.counts),
                 augment=augment_batch if cfg.augment else None,
             )
+            assert got is not None  # wait=True: never skipped
+            model, info = got
             nets[arch] = model
             results["networks"][name] = info
         targets = _slice_targets(test) if slice_mode else [np.asarray(p) for p in test.points]

@@ -39,7 +39,7 @@ class BaseCNN(_CountingNet):
         Input channels.
     width : int, optional
         Filters of the first convolutions ``w``; default 8 in 2D and 32 in 3D.
-    init : {"default", "keras", "kaiming"}, default "default"
+    init : {"default", "keras", "kaiming", "kaiming_conv"}, default "default"
         Weight initialisation, see :func:`wsdet.models.init_weights`.
 
     Examples

@@ -49,7 +49,7 @@ class GPUnet(_CountingNet):
     width : int, optional
         Filters of the first convolutions ``w``; default 8 in 2D and 32 in 3D (the paper uses
         four times fewer maps in 2D).
-    init : {"default", "keras", "kaiming"}, default "default"
+    init : {"default", "keras", "kaiming", "kaiming_conv"}, default "default"
         Weight initialisation, see :func:`wsdet.models.init_weights`.
 
     Examples

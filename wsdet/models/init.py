@@ -10,7 +10,7 @@ from torch import nn
 __all__ = ["INIT_SCHEMES", "init_weights"]
 
 #: Accepted values of ``scheme`` / the models' ``init`` argument.
-INIT_SCHEMES: tuple[str, ...] = ("default", "keras", "kaiming")
+INIT_SCHEMES: tuple[str, ...] = ("default", "keras", "kaiming", "kaiming_conv")
 
 _WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -30,14 +30,17 @@ def init_weights(
         Model whose ``Conv{1,2,3}d`` and ``Linear`` submodules (the model itself included)
         are re-initialised. Other modules (transposed convolutions, normalisation layers...)
         keep their initialisation.
-    scheme : {"default", "keras", "kaiming"}, default "default"
+    scheme : {"default", "keras", "kaiming", "kaiming_conv"}, default "default"
         ``"default"`` leaves PyTorch's initialisation untouched. ``"keras"`` draws weights from
         N(0, std) and zeroes biases (the paper's Keras set-up). ``"kaiming"`` draws weights
         with Kaiming-normal (``mode="fan_in"``, ``nonlinearity="relu"``) and zeroes biases.
+        ``"kaiming_conv"`` redraws only the convolution weights with Kaiming-normal and keeps
+        every bias and every ``Linear`` layer as PyTorch drew them (the setting with which
+        GP-Unet left the count plateau soonest on MNIST grids; docs/training.md).
     std : float, default 0.05
         Standard deviation of the ``"keras"`` scheme; must stay at its default for the others.
     generator : torch.Generator, optional
-        Random generator for reproducible draws (``"keras"`` and ``"kaiming"`` only). It must
+        Random generator for reproducible draws (all schemes but ``"default"``). It must
         live on the same device as the parameters.
 
     Returns
@@ -77,6 +80,12 @@ def init_weights(
     with torch.no_grad():
         for module in model.modules():
             if not isinstance(module, _WEIGHTED):
+                continue
+            if scheme == "kaiming_conv":
+                if not isinstance(module, nn.Linear):
+                    nn.init.kaiming_normal_(
+                        module.weight, mode="fan_in", nonlinearity="relu", generator=generator
+                    )
                 continue
             if scheme == "keras":
                 nn.init.normal_(module.weight, mean=0.0, std=float(std), generator=generator)
