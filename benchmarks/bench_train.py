@@ -34,6 +34,9 @@ Three measurements, each printed as a Markdown table:
     python benchmarks/bench_train.py convergence --out runs/conv_fixed --minutes 25
     python benchmarks/bench_train.py convergence --fresh --out runs/conv_fresh --minutes 25
 
+    Then it scores the best model's GP-Unet detections on the 500 test grids (box
+    matching, FAUC over 0-2 FP/image) at each of ``--nms-sizes`` (default 6).
+
 ``activity``
     A diagnostic of the count-regression plateau: trains GP-Unet 2D with Adam on the 400
     fixed training grids (standardised targets, no augmentation, batches of ``--batch``,
@@ -303,13 +306,31 @@ def convergence(args: argparse.Namespace) -> None:
     from wsdet.metrics import evaluate
 
     detector = Detector(trainer.model, method="gp_unet")
-    dets = [
-        d
-        for i in range(0, len(splits.test.images), 50)
-        for d in detector.detect(splits.test.images[i : i + 50], n="all", size=6)
-    ]
-    report = evaluate(dets, splits.test.boxes, match="boxes", max_fp=2.0, n_bootstrap=1000)
-    print(f"\ntest detection: FAUC(0-2) {report.fauc.estimate:.3f} +- {report.fauc.sd:.3f}")
+    print("\n| NMS size | duplicates | FAUC(0-2) | sensitivity at 1 FP/image | candidates/image |")
+    print("| --- | --- | --- | --- | --- |")
+    for size in args.nms_sizes:
+        dets = [
+            d
+            for i in range(0, len(splits.test.images), 50)
+            for d in detector.detect(splits.test.images[i : i + 50], n="all", size=size)
+        ]
+        per_image = sum(len(d) for d in dets) / len(dets)
+        for dup in ("fp", "ignore") if size == args.nms_sizes[0] else ("fp",):
+            report = evaluate(
+                dets,
+                splits.test.boxes,
+                match="boxes",
+                max_fp=2.0,
+                duplicates=dup,  # type: ignore[arg-type]
+                fps=[1.0],
+                n_bootstrap=1000 if (size, dup) == (6, "fp") else 0,
+            )
+            sd = f" +- {report.fauc.sd:.3f}" if (size, dup) == (6, "fp") else ""
+            sens = report.sensitivity_at[1.0]
+            print(
+                f"| {size} | {dup} | {report.fauc.estimate:.3f}{sd} | {sens:.3f} "
+                f"| {per_image:.1f} |"
+            )
 
 
 def activity(args: argparse.Namespace) -> None:
@@ -385,6 +406,14 @@ def main() -> None:
     parser.add_argument("--target", type=int, default=4, help="digit (convergence)")
     parser.add_argument("--lr", type=float, default=3e-3, help="Adam lr (convergence)")
     parser.add_argument("--mae", type=float, default=0.5, help="MAE threshold (convergence)")
+    parser.add_argument(
+        "--nms-sizes",
+        type=int,
+        nargs="+",
+        default=[6],
+        help="NMS sizes of the test detection table (convergence; the first also scored "
+        "with duplicate hits ignored)",
+    )
     parser.add_argument("--minutes", type=float, default=25.0, help="time cap (convergence)")
     parser.add_argument("--max-epochs", type=int, default=1000, help="(convergence)")
     parser.add_argument("--out", default="runs/convergence", help="run folder (convergence)")
