@@ -119,6 +119,16 @@ def test_lesions3d_smoke_and_cache(tmp_path):
             assert ev["operating_point"] is not None
     # the slice setting is evaluated in 2D on the annotated slice
     assert first["evaluations"]["basal_ganglia"]["gp_unet"]["evaluated_ndim"] == 2
+    # the second setting's networks are fine-tuned from the first setting's (paper §3.5)
+    nets = first["networks"]
+    for arch in ("gpunet", "basecnn"):
+        folder = tmp_path / "models" / nets[f"basal_ganglia-{arch}"]["folder"]
+        key = json.loads((folder / "config.json").read_text())
+        assert key["init_from"] == nets[f"midbrain-{arch}"]["folder"]
+        assert key["train"]["init"] is None
+        assert "init_from" not in json.loads(
+            (tmp_path / "models" / nets[f"midbrain-{arch}"]["folder"] / "config.json").read_text()
+        )
     again = run_lesions(cfg, tmp_path)
     assert all(v["cached"] for v in again["networks"].values())
     assert again["evaluations"] == first["evaluations"]

@@ -167,6 +167,7 @@ def train_cached(
     augment: Any = None,
     on_trained: Callable[[str], None] | None = None,
     wait: bool = True,
+    init_from: Path | None = None,
 ) -> tuple[nn.Module, dict[str, Any]] | None:
     """Train the network described by ``spec`` (arch, dim, width, data...) or load it.
 
@@ -176,10 +177,13 @@ def train_cached(
     parameters an ``init`` scheme keeps, e.g. biases under ``"kaiming_conv"``, are
     reproducible). While training, the entry is locked: another process running the same
     study waits for it (``wait=True``) or gets ``None`` back (``wait=False``) and can train
-    something else meanwhile.
+    something else meanwhile. ``init_from``: the ``best.pt`` of another network to
+    fine-tune from (its folder name, which carries that network's key, joins the key).
     Returns the model (eval mode, predicting counts or logits) and the run summary.
     """
-    key_cfg = {"spec": spec, "train": config.to_dict()}
+    key_cfg: dict[str, Any] = {"spec": spec, "train": config.to_dict()}
+    if init_from is not None:
+        key_cfg["init_from"] = Path(init_from).parent.name
     folder = store.entry("models", name, key_cfg)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
@@ -193,12 +197,13 @@ def train_cached(
             Trainer(model).finetune_from(folder / "best.pt")
             info: dict[str, Any] = store.read_json(done)
             info["cached"] = True
+            info["folder"] = folder.name
             return model.eval(), info
         store.write_json(folder / "config.json", key_cfg)
         resumed = (folder / "last.pt").exists()
         log.info("training %s (%s)%s", name, folder.name, " — resuming" if resumed else "")
         t0 = time.perf_counter()
-        trainer = Trainer(model, config, out_dir=folder, augment=augment)
+        trainer = Trainer(model, config, out_dir=folder, augment=augment, init_from=init_from)
         result = trainer.fit(train, val, resume=True)
         info = {
             "name": name,
@@ -217,6 +222,7 @@ def train_cached(
     if on_trained is not None:
         on_trained(name)
     info["cached"] = False
+    info["folder"] = folder.name
     return model.eval(), info
 
 
@@ -230,6 +236,7 @@ class TrainJob:
     train: Any
     val: tuple[torch.Tensor, torch.Tensor]
     augment: Any = None
+    init_from: Path | None = None
 
 
 def train_all(
@@ -257,6 +264,7 @@ def train_all(
                 augment=job.augment,
                 on_trained=on_trained,
                 wait=wait,
+                init_from=job.init_from,
             )
             if got is None:
                 log.info("%s is being trained by another process; later", job.name)
