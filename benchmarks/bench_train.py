@@ -37,6 +37,14 @@ Three measurements, each printed as a Markdown table:
     Then it scores the best model's GP-Unet detections on the 500 test grids (box
     matching, FAUC over 0-2 FP/image) at each of ``--nms-sizes`` (default 6).
 
+``convergence3d``
+    The same question for a 3D network on the lesion study's phantoms (``--setting``,
+    ``--shape3d``, ``--width``; Adam, standardised targets, batch 4, the paper's
+    augmentation unless ``--no-augment``); prints the validation count MAE every 5 epochs::
+
+    python benchmarks/bench_train.py convergence3d --shape3d 16 32 32 --no-augment \\
+        --lr 1e-3 --init conv-kaiming --threads 1 --minutes 20 --out runs/conv3d_noaug
+
 ``activity``
     A diagnostic of the count-regression plateau: trains GP-Unet 2D with Adam on the 400
     fixed training grids (standardised targets, no augmentation, batches of ``--batch``,
@@ -333,6 +341,47 @@ def convergence(args: argparse.Namespace) -> None:
             )
 
 
+def convergence3d(args: argparse.Namespace) -> None:
+    """GP-Unet (or ``--arch``) 3D on the lesion study's phantoms of ``--setting``: how soon the
+    validation count error leaves that of the mean (Adam, standardised targets, batch 4)."""
+    import logging
+
+    from wsdet.data.augment import augment
+    from wsdet.experiments.common import build_model
+    from wsdet.experiments.lesions import LesionStudyConfig, _data
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    study = LesionStudyConfig(shape=tuple(args.shape3d))  # type: ignore[arg-type]
+    train, val, _ = _data(study, args.setting)
+    arch = "gpunet" if args.arch == "all" else args.arch
+    torch.manual_seed(0)
+    model = build_model(arch, 3, args.width)
+    init = "kaiming_conv" if args.init == "conv-kaiming" else args.init
+    cfg = TrainConfig(
+        optimizer="adam", lr=args.lr, init=init, batch_size=args.batch or 4,  # type: ignore[arg-type]
+        max_epochs=args.max_epochs, patience=None, time_budget=args.minutes * 60.0,
+        progress="log", log_every=1,
+    )  # fmt: skip
+    trainer = Trainer(model, cfg, augment=None if args.no_augment else augment, out_dir=args.out)
+    result = trainer.fit((train.images, train.counts), (val.images, val.counts), resume=True)
+    hist = result.history
+    mean_mae = float((val.counts.float() - train.counts.float().mean()).abs().mean())
+    marks = [e for e in (4, 9, 14, 19, 24, 29) if e < result.epochs]
+    print(
+        f"\n{args.setting}, {tuple(args.shape3d)}, {arch} width {args.width}, "
+        f"augmentation {'off' if args.no_augment else 'on'}, lr {args.lr}, init {init}; "
+        f"val MAE of the mean {mean_mae:.3f}\n"
+    )
+    header = [f"val MAE epoch {e + 1}" for e in marks] + ["best (epoch)", "minutes"]
+    cells = [f"{hist['val_mae'][e]:.3f}" for e in marks] + [
+        f"{hist['val_mae'][result.best_epoch]:.3f} ({result.best_epoch + 1})",
+        f"{hist['elapsed'][-1] / 60:.1f}",
+    ]
+    print("| " + " | ".join(header) + " |")
+    print("|" + " --- |" * len(header))
+    print("| " + " | ".join(cells) + " |")
+
+
 def activity(args: argparse.Namespace) -> None:
     from wsdet.data.mnist import mnist_grid_splits
 
@@ -384,7 +433,7 @@ def main() -> None:
         "what",
         nargs="?",
         default="throughput",
-        choices=["throughput", "steps", "convergence", "activity"],
+        choices=["throughput", "steps", "convergence", "convergence3d", "activity"],
     )
     parser.add_argument("--dim", type=int, default=2, choices=[2, 3])
     parser.add_argument("--arch", default="gpunet", choices=[*ARCHS, "all"])
@@ -401,6 +450,8 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="Trainer with compile=True")
     parser.add_argument("--shape3d", type=int, nargs=3, default=[32, 64, 64])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--setting", default="midbrain", help="lesion setting (convergence3d)")
+    parser.add_argument("--width", type=int, default=16, help="3D width (convergence3d)")
     parser.add_argument("--fresh", action="store_true", help="fresh grids (convergence)")
     parser.add_argument("--no-augment", action="store_true", help="(convergence)")
     parser.add_argument("--target", type=int, default=4, help="digit (convergence)")
@@ -433,6 +484,7 @@ def main() -> None:
         "throughput": throughput,
         "steps": steps,
         "convergence": convergence,
+        "convergence3d": convergence3d,
         "activity": activity,
     }
     commands[args.what](args)
