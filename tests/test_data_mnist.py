@@ -263,6 +263,10 @@ def test_download_over_http(tmp_path: Path, mirror: tuple) -> None:
         assert file_md5(dest / name) == md5
     np.testing.assert_array_equal(load_mnist(dest, "test")[0], images)
     np.testing.assert_array_equal(load_mnist(dest, "train")[1], labels[:20])
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in dest.iterdir():  # created like open(): the umask applies (mkstemp gives 0600)
+        assert p.stat().st_mode & 0o777 == 0o666 & ~umask, p
     # Files present with the right md5 are skipped: an unreachable mirror is never asked.
     before = {p.name: p.stat().st_mtime_ns for p in dest.iterdir()}
     download_mnist(dest, mirrors=[closed_port_url()], md5s=md5s, timeout=2)

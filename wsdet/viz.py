@@ -44,7 +44,9 @@ def _np2d(a: Any, name: str) -> np.ndarray:
 def _pts(p: Any, name: str) -> np.ndarray:
     if p is None:
         return np.zeros((0, 2))
-    arr = np.asarray(p, dtype=float).reshape(-1, 2) if len(p) else np.zeros((0, 2))
+    arr = np.asarray(p, dtype=float)
+    if arr.size == 0:
+        return np.zeros((0, 2))
     if arr.ndim != 2 or arr.shape[1] != 2:
         raise ValueError(f"{name} must be (k, 2) (row, col) points, got shape {arr.shape}")
     return arr
@@ -169,14 +171,14 @@ def plot_froc(
 def save_figure(fig: Any, path: str, *, dpi: int = 80) -> None:
     """Save ``fig`` to ``path`` (PNG by extension) atomically and close it."""
     import os
-    import tempfile
+    import uuid
 
     plt = _plt()
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     ext = os.path.splitext(path)[1] or ".png"
-    fd, tmp = tempfile.mkstemp(dir=d, suffix=ext)
-    os.close(fd)
+    # a fresh name created with the process umask (mkstemp would make the file 0600)
+    tmp = os.path.join(d, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}{ext}")
     try:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
         os.replace(tmp, path)

@@ -26,9 +26,9 @@ import http.client
 import math
 import os
 import struct
-import tempfile
 import urllib.error
 import urllib.request
+import uuid
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -344,11 +344,11 @@ def file_md5(path: PathLike, *, chunk_size: int = 1 << 20) -> str:
 
 def _fetch(url: str, dest: Path, md5: str, timeout: float) -> None:
     """Download ``url`` into ``dest`` atomically; raise ValueError on md5 mismatch."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
+    # a fresh name opened with the process umask (mkstemp would make the file 0600)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.part")
     try:
         digest = hashlib.md5(usedforsecurity=False)
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+        with open(tmp, "xb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
             while chunk := resp.read(1 << 16):
                 digest.update(chunk)
                 out.write(chunk)
