@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,6 +130,11 @@ def test_lesions3d_smoke_and_cache(tmp_path):
         assert "init_from" not in json.loads(
             (tmp_path / "models" / nets[f"midbrain-{arch}"]["folder"] / "config.json").read_text()
         )
+    # the chance reference: evaluated like a method, with the training mean as its count
+    for setting, ev in first["evaluations"].items():
+        assert 0.0 <= ev["chance"]["fauc"]["estimate"] <= 1.0
+        assert ev["chance"]["evaluated_ndim"] == (2 if setting == "basal_ganglia" else 3)
+    assert "Chance (random map)" in (tmp_path / "report.md").read_text()
     again = run_lesions(cfg, tmp_path)
     assert all(v["cached"] for v in again["networks"].values())
     assert again["evaluations"] == first["evaluations"]
@@ -213,3 +219,26 @@ def test_train_cached_builds_reproducible_networks(tmp_path):
         models.append(got[0])
     for a, b in zip(models[0].state_dict().values(), models[1].state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_chance_detections_are_random_peaks_inside_the_region():
+    import torch
+
+    from wsdet.data.synthetic import make_lesion_volumes
+    from wsdet.detection import find_peaks
+    from wsdet.experiments.lesions import LesionStudyConfig, _chance_detections
+
+    test = make_lesion_volumes(3, (16, 32, 32), mean_count=2.0, seed=5)
+    cfg = LesionStudyConfig.smoke()
+    dets = _chance_detections(test, cfg, 2.5, slice_mode=False)
+    again = _chance_detections(test, cfg, 2.5, slice_mode=False)
+    for i, d in enumerate(dets):
+        assert d.count == 2.5 and len(d) > 0
+        np.testing.assert_array_equal(d.points, again[i].points)  # seeded
+        inside = test.mask[i][tuple(torch.as_tensor(d.points).T)]
+        assert bool(inside.all())  # every candidate lies in the region
+        # the same peaks as NMS on the noise itself: many well-spread candidates
+        assert np.all(np.diff(d.scores) <= 0)
+        pts, _ = find_peaks(torch.rand(16, 32, 32), size=cfg.nms_size)
+        assert len(d) < len(pts)  # masked: fewer than on a full volume of noise
+    assert not np.array_equal(dets[0].points, dets[1].points)

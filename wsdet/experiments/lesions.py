@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from wsdet.data.augment import augment as augment_batch
@@ -104,6 +105,7 @@ class LesionStudyConfig:
     radius: float = 6.0
     max_fp: float = 15.0
     fuse_intensity: bool = True
+    chance: bool = True
     n_bootstrap: int = 1000
     eval_batch: int = 4
 
@@ -188,6 +190,35 @@ def _slice_detections(
 def _slice_targets(test: PhantomSet) -> list[np.ndarray]:
     axis = test.slice_axis if test.slice_axis is not None else 0
     return [np.delete(np.asarray(p, float).reshape(-1, 3), axis, axis=1) for p in test.points]
+
+
+def _chance_detections(
+    test: PhantomSet, cfg: LesionStudyConfig, count: float, slice_mode: bool
+) -> list[Detections]:
+    """A chance reference: NMS on i.i.d. uniform noise inside each volume's region mask, so
+    the ranking of well-spread candidates is random. Its FAUC shows how much of a method's
+    score the hit radius alone gives in volumes of this size."""
+    if test.mask is None:
+        raise ValueError("the chance reference needs the phantoms' region masks")
+    out: list[Detections] = []
+    for i in range(len(test)):
+        g = torch.Generator().manual_seed(1_000_003 * (cfg.seed + 1) + i)
+        noise = torch.rand(test.images.shape[2:], generator=g) * test.mask[i].float()
+        if slice_mode:
+            assert test.annotated_slice is not None
+            s = detect_on_slice(
+                noise.numpy(),
+                test.points[i],
+                partial(find_peaks, size=cfg.nms_size),
+                axis=test.slice_axis if test.slice_axis is not None else 0,
+                slice_index=int(test.annotated_slice[i]),
+                count=count,
+            )
+            pts, scores = np.asarray(s.points, np.int64), np.asarray(s.scores)
+        else:
+            pts, scores = find_peaks(noise, size=cfg.nms_size)
+        out.append(Detections(pts, scores, count, len(pts)))
+    return out
 
 
 def run_lesions(config: LesionStudyConfig, out: str | Path) -> dict[str, Any]:
@@ -303,6 +334,25 @@ def run_lesions(config: LesionStudyConfig, out: str | Path) -> dict[str, Any]:
                 [d.points for d in dets], [d.scores for d in dets], targets, radius=cfg.radius
             )
             log.info("%s: FAUC %.3f", label, report.fauc.estimate)
+        if cfg.chance:
+            # constant count: the training mean (the operating point of a count-free guess)
+            mean_count = float(train.counts.float().mean())
+            dets = _chance_detections(test, cfg, mean_count, slice_mode)
+            report = evaluate(
+                dets,
+                targets,
+                radius=cfg.radius,
+                max_fp=cfg.max_fp,
+                n_bootstrap=cfg.n_bootstrap,
+                seed=cfg.seed,
+            )
+            evals[setting]["chance"] = {
+                **report.to_dict(),
+                "detect_seconds": 0.0,
+                "evaluated_ndim": 2 if slice_mode else 3,
+            }
+            curves[setting]["Chance (random map)"] = report.curve
+            log.info("%s-chance: FAUC %.3f", setting, report.fauc.estimate)
         for m in cfg.methods:
             if m != "gp_unet" and "gp_unet" in matches:
                 r = paired_bootstrap(

@@ -101,11 +101,16 @@ def lesions_markdown(results: dict[str, Any]) -> str:
     cfg = results["config"]
     settings = list(results["evaluations"])
     methods = [m for m in cfg["methods"]]
+    labels = dict(METHOD_LABELS, chance="Chance (random map)")
+    if any("chance" in ev for ev in results["evaluations"].values()):
+        methods.append("chance")
     out = [
         "FAUC over 0–15 FP/volume (×100) ± bootstrap sd; operating point = top-n with n "
-        "the rounded predicted count (for the intensity baseline, the base CNN's count).",
+        "the rounded predicted count (for the intensity baseline, the base CNN's count; for "
+        "the chance reference, NMS on uniform noise inside the region, the training mean "
+        "count).",
         "",
-        "| setting | " + " | ".join(METHOD_LABELS[m] for m in methods) + " |",
+        "| setting | " + " | ".join(labels[m] for m in methods) + " |",
         "| --- |" + " --- |" * len(methods),
     ]
     for s in settings:
