@@ -42,6 +42,7 @@ __all__ = [
     "TrainJob",
     "detect_cached",
     "load_detections",
+    "model_folder",
     "train_all",
     "train_cached",
 ]
@@ -124,6 +125,24 @@ def build_model(arch: str, dim: int, width: int | None = None) -> nn.Module:
     return ARCHITECTURES[arch](dim=dim, width=width)  # type: ignore[call-arg]
 
 
+def _model_key(spec: dict[str, Any], config: TrainConfig, init_from: Path | None) -> dict[str, Any]:
+    key: dict[str, Any] = {"spec": spec, "train": config.to_dict()}
+    if init_from is not None:
+        key["init_from"] = Path(init_from).parent.name
+    return key
+
+
+def model_folder(
+    store: Store,
+    name: str,
+    spec: dict[str, Any],
+    config: TrainConfig,
+    init_from: Path | None = None,
+) -> Path:
+    """The cache folder of the network :func:`train_cached` trains for these arguments."""
+    return store.entry("models", name, _model_key(spec, config, init_from))
+
+
 class _TrainLock:
     """An exclusive advisory lock on ``folder/train.lock`` (POSIX ``flock``).
 
@@ -181,10 +200,8 @@ def train_cached(
     fine-tune from (its folder name, which carries that network's key, joins the key).
     Returns the model (eval mode, predicting counts or logits) and the run summary.
     """
-    key_cfg: dict[str, Any] = {"spec": spec, "train": config.to_dict()}
-    if init_from is not None:
-        key_cfg["init_from"] = Path(init_from).parent.name
-    folder = store.entry("models", name, key_cfg)
+    folder = model_folder(store, name, spec, config, init_from)
+    key_cfg = _model_key(spec, config, init_from)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = build_model(spec["arch"], spec["dim"], spec.get("width"))
@@ -248,12 +265,24 @@ def train_all(
     """Train (or load) every job; networks locked by another process are left for last.
 
     Start the same study command in two shells to use two cores: each process takes the
-    next network nobody holds, and both finish with every network available.
+    next network nobody holds, and both finish with every network available. A job that
+    fine-tunes another network (``init_from``) waits until that network has finished; list
+    it after its source.
     """
     out: dict[str, tuple[nn.Module, dict[str, Any]]] = {}
     deferred: list[TrainJob] = []
     for wait, todo in ((False, list(jobs)), (True, deferred)):
         for job in todo:
+            source_done = job.init_from is None or (job.init_from.parent / "done.json").exists()
+            if not wait and not source_done:
+                log.info("%s waits for the network it is fine-tuned from; later", job.name)
+                deferred.append(job)
+                continue
+            if not source_done:  # its source was trained by another process meanwhile
+                raise RuntimeError(
+                    f"{job.name}: the network to fine-tune from has not finished "
+                    f"({job.init_from}); list every job after its source"
+                )
             got = train_cached(
                 store,
                 job.name,

@@ -42,6 +42,7 @@ from wsdet.experiments.common import (
     TrainJob,
     detect_cached,
     load_detections,
+    model_folder,
     save_detections,
     train_all,
 )
@@ -236,13 +237,17 @@ def run_lesions(config: LesionStudyConfig, out: str | Path) -> dict[str, Any]:
     examples: dict[str, Any] = {}
     archs = sorted({METHOD_ARCHITECTURE[m] for m in cfg.methods})
     fn = partial(fauc, max_fp=cfg.max_fp)
-    first_folders: dict[str, str] = {}  # the first setting's networks (fine-tuning sources)
+    # All networks first (one list, so that two processes can share it and a fine-tuned
+    # network starts as soon as its source has finished), then the evaluation per setting.
+    data: dict[str, tuple[PhantomSet, PhantomSet, PhantomSet]] = {}
+    data_keys: dict[str, dict[str, Any]] = {}
+    jobs: list[TrainJob] = []
+    sources: dict[str, Path] = {}  # arch -> best.pt of the first setting's network
     for setting in cfg.settings:
         if setting not in SETTINGS:
             raise ValueError(f"settings: unknown setting {setting!r}; known: {list(SETTINGS)}")
-        train, val, test = _data(cfg, setting)
-        slice_mode = SETTINGS[setting]["annotation"] == "slice"
-        data_key = {
+        train, val, test = data[setting] = _data(cfg, setting)
+        data_keys[setting] = {
             "study": "lesions3d",
             "setting": setting,
             "shape": list(cfg.shape),
@@ -252,31 +257,35 @@ def run_lesions(config: LesionStudyConfig, out: str | Path) -> dict[str, Any]:
             "seed": cfg.seed,
             **SETTINGS[setting],
         }
-        nets: dict[str, nn.Module] = {}
-        jobs = []
+        first = setting == cfg.settings[0]
         for arch in archs:
-            spec = {"arch": arch, "dim": 3, "width": cfg.width, **data_key}
-            source = first_folders.get(arch) if cfg.finetune else None
-            jobs.append(
-                TrainJob(
-                    f"{setting}-{arch}",
-                    spec,
-                    cfg.train_config(finetune=source is not None),
-                    (train.images, train.counts),
-                    (val.images, val.counts),
-                    augment_batch if cfg.augment else None,
-                    None if source is None else store.root / "models" / source / "best.pt",
-                )
+            spec = {"arch": arch, "dim": 3, "width": cfg.width, **data_keys[setting]}
+            source = sources.get(arch) if cfg.finetune and not first else None
+            job = TrainJob(
+                f"{setting}-{arch}",
+                spec,
+                cfg.train_config(finetune=source is not None),
+                (train.images, train.counts),
+                (val.images, val.counts),
+                augment_batch if cfg.augment else None,
+                source,
             )
+            jobs.append(job)
+            if first:
+                folder = model_folder(store, job.name, job.spec, job.config)
+                sources[arch] = folder / "best.pt"
+    trained = train_all(store, jobs)
+    for setting in cfg.settings:
+        train, val, test = data[setting]
+        data_key = data_keys[setting]
+        slice_mode = SETTINGS[setting]["annotation"] == "slice"
+        nets: dict[str, nn.Module] = {}
         folders: dict[str, str] = {}
-        for (arch, job), (model, info) in zip(
-            zip(archs, jobs, strict=True), train_all(store, jobs).values(), strict=True
-        ):
+        for arch in archs:
+            model, info = trained[f"{setting}-{arch}"]
             nets[arch] = model
             folders[arch] = info["folder"]
-            results["networks"][job.name] = info
-        if not first_folders:
-            first_folders = folders
+            results["networks"][f"{setting}-{arch}"] = info
         targets = _slice_targets(test) if slice_mode else [np.asarray(p) for p in test.points]
         evals[setting], curves[setting] = {}, {}
         matches = {}
