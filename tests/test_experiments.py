@@ -290,3 +290,20 @@ def test_train_all_starts_a_finetuned_network_after_its_source(tmp_path):
     convs = [k for k, v in src.items() if v.ndim >= 4]
     assert convs
     assert max(float((tuned[k] - src[k]).abs().max()) for k in convs) < 0.01
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setting", ["midbrain", "hippocampi", "basal_ganglia"])
+def test_default_lesion_study_data_can_be_generated(setting):
+    """The full study's phantoms exist for every setting (lesions and distractors must fit
+    in the volumes: a crowded setting fails to generate rather than miscounting)."""
+    from wsdet.experiments.lesions import SETTINGS, LesionStudyConfig, _data
+
+    cfg = LesionStudyConfig()
+    train, val, test = _data(cfg, setting)
+    assert (len(train), len(val), len(test)) == (cfg.n_train, cfg.n_val, cfg.n_test)
+    assert tuple(train.images.shape[2:]) == cfg.shape_of(setting)
+    if SETTINGS[setting]["annotation"] == "slice":
+        assert test.slice_counts is not None and float(train.counts.sum()) > 0
+    else:
+        assert abs(float(train.counts.float().mean()) - cfg.mean_count) < 0.5
