@@ -204,6 +204,30 @@ def _slice_targets(test: PhantomSet) -> list[np.ndarray]:
     return [np.delete(np.asarray(p, float).reshape(-1, 3), axis, axis=1) for p in test.points]
 
 
+def _score(
+    dets: list[Detections],
+    targets: list[np.ndarray],
+    cfg: LesionStudyConfig,
+    seconds: float,
+    slice_mode: bool,
+) -> tuple[Any, dict[str, Any]]:
+    """The evaluation report of one method on one setting, and its JSON record."""
+    report = evaluate(
+        dets,
+        targets,
+        radius=cfg.radius,
+        max_fp=cfg.max_fp,
+        n_bootstrap=cfg.n_bootstrap,
+        seed=cfg.seed,
+    )
+    record = {
+        **report.to_dict(),
+        "detect_seconds": seconds,
+        "evaluated_ndim": 2 if slice_mode else 3,
+    }
+    return report, record
+
+
 def _chance_detections(
     test: PhantomSet, cfg: LesionStudyConfig, count: float, slice_mode: bool
 ) -> list[Detections]:
@@ -336,19 +360,7 @@ def run_lesions(config: LesionStudyConfig, out: str | Path) -> dict[str, Any]:
                     size=cfg.nms_size,
                     options=options,
                 )
-            report = evaluate(
-                dets,
-                targets,
-                radius=cfg.radius,
-                max_fp=cfg.max_fp,
-                n_bootstrap=cfg.n_bootstrap,
-                seed=cfg.seed,
-            )
-            evals[setting][method] = {
-                **report.to_dict(),
-                "detect_seconds": seconds,
-                "evaluated_ndim": 2 if slice_mode else 3,
-            }
+            report, evals[setting][method] = _score(dets, targets, cfg, seconds, slice_mode)
             curves[setting][METHOD_LABELS[method]] = report.curve
             matches[method] = match_images(
                 [d.points for d in dets], [d.scores for d in dets], targets, radius=cfg.radius
@@ -358,19 +370,7 @@ def run_lesions(config: LesionStudyConfig, out: str | Path) -> dict[str, Any]:
             # constant count: the training mean (the operating point of a count-free guess)
             mean_count = float(train.counts.float().mean())
             dets = _chance_detections(test, cfg, mean_count, slice_mode)
-            report = evaluate(
-                dets,
-                targets,
-                radius=cfg.radius,
-                max_fp=cfg.max_fp,
-                n_bootstrap=cfg.n_bootstrap,
-                seed=cfg.seed,
-            )
-            evals[setting]["chance"] = {
-                **report.to_dict(),
-                "detect_seconds": 0.0,
-                "evaluated_ndim": 2 if slice_mode else 3,
-            }
+            report, evals[setting]["chance"] = _score(dets, targets, cfg, 0.0, slice_mode)
             curves[setting]["Chance (random map)"] = report.curve
             log.info("%s-chance: FAUC %.3f", setting, report.fauc.estimate)
         for m in cfg.methods:
