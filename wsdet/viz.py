@@ -171,18 +171,13 @@ def plot_froc(
 def save_figure(fig: Any, path: str, *, dpi: int = 80) -> None:
     """Save ``fig`` to ``path`` (PNG by extension) atomically and close it."""
     import os
-    import uuid
+
+    from wsdet._io import atomic_write
 
     plt = _plt()
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    ext = os.path.splitext(path)[1] or ".png"
-    # a fresh name created with the process umask (mkstemp would make the file 0600)
-    tmp = os.path.join(d, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}{ext}")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fmt = os.path.splitext(path)[1].lstrip(".") or "png"
     try:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=dpi, bbox_inches="tight"))
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
         plt.close(fig)

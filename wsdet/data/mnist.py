@@ -28,16 +28,17 @@ import os
 import struct
 import urllib.error
 import urllib.request
-import uuid
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, TypeAlias
+from typing import IO, Any, Literal, NamedTuple, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 import torch
 from torch.utils.data import Dataset
+
+from wsdet._io import atomic_write
 
 __all__ = [
     "MNIST_ENV_VAR",
@@ -344,20 +345,18 @@ def file_md5(path: PathLike, *, chunk_size: int = 1 << 20) -> str:
 
 def _fetch(url: str, dest: Path, md5: str, timeout: float) -> None:
     """Download ``url`` into ``dest`` atomically; raise ValueError on md5 mismatch."""
-    # a fresh name opened with the process umask (mkstemp would make the file 0600)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.part")
-    try:
+
+    def write(out: IO[bytes]) -> None:
         digest = hashlib.md5(usedforsecurity=False)
-        with open(tmp, "xb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
             while chunk := resp.read(1 << 16):
                 digest.update(chunk)
                 out.write(chunk)
         got = digest.hexdigest()
-        if got != md5:
+        if got != md5:  # raised inside atomic_write: the temporary file is removed
             raise ValueError(f"md5 mismatch (got {got}, expected {md5})")
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    atomic_write(dest, write)
 
 
 def download_mnist(

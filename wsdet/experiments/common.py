@@ -200,8 +200,8 @@ def train_cached(
     fine-tune from (its folder name, which carries that network's key, joins the key).
     Returns the model (eval mode, predicting counts or logits) and the run summary.
     """
-    folder = model_folder(store, name, spec, config, init_from)
     key_cfg = _model_key(spec, config, init_from)
+    folder = store.entry("models", name, key_cfg)  # = model_folder(...)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = build_model(spec["arch"], spec["dim"], spec.get("width"))

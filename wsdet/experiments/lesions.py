@@ -80,8 +80,8 @@ class LesionStudyConfig:
     paper's midbrain crops are 88 × 88 × 11) and 24 × 48 × 48 for the two settings with
     distractors (their lesions and distractors do not fit in the smaller volumes; the
     paper's hippocampi and basal-ganglia crops are larger too), ``width=16`` halves the
-    paper's 3D width, training runs in mini-batches of
-    4 volumes instead of 1 for at most ``max_epochs``. As in the paper, the networks of the
+    paper's 3D width, training runs in mini-batches of 4 volumes instead of 1 for at most
+    ``max_epochs``. As in the paper, the networks of the
     first setting (the easiest, midbrain) are trained from scratch and those of the other
     settings fine-tuned from them (``finetune``, at most ``finetune_epochs``).
     """

@@ -174,9 +174,11 @@ def run_mnist(config: MNISTStudyConfig, out: str | Path) -> dict[str, Any]:
         jobs.append(TrainJob(name, spec, cfg.train_config("regression"), fixed, val, augment_batch))
         index[name] = ("gpunet_paper400", "regression")
     networks: dict[tuple[str, str], Any] = {}
+    folders: dict[tuple[str, str], str] = {}  # ties detections to their network
     trained: dict[str, Any] = {}
     for name, (model, info) in train_all(store, jobs).items():
         networks[index[name]] = model
+        folders[index[name]] = info["folder"]
         trained[name] = info
 
     boxes = test.boxes
@@ -189,7 +191,7 @@ def run_mnist(config: MNISTStudyConfig, out: str | Path) -> dict[str, Any]:
         runs.append(("gp_unet", "regression", "gpunet_paper400"))
     for method, objective, arch in runs:
         model = networks[(arch, objective)]
-        key = {"network": trained_key(store, arch, objective, cfg, data_key), **data_key}
+        key = {"network": folders[(arch, objective)], **data_key}
         label = f"{method}-{objective}" + ("-paper400" if arch == "gpunet_paper400" else "")
         dets, seconds = detect_cached(
             store,
@@ -250,18 +252,3 @@ def run_mnist(config: MNISTStudyConfig, out: str | Path) -> dict[str, Any]:
     (Path(out) / "report.md").write_text(mnist_markdown(results))
     mnist_figures(results, curves, networks, test, Path(out), cfg)
     return results
-
-
-def trained_key(
-    store: Store, arch: str, objective: str, cfg: MNISTStudyConfig, data_key: dict[str, Any]
-) -> str:
-    """The cache folder name of a trained network (ties detections to their network)."""
-    if arch == "gpunet_paper400":
-        spec = {"arch": "gpunet", "dim": 2, "data": "fixed+augment", **data_key}
-        name = "gpunet-regression-paper400"
-    else:
-        spec = {"arch": arch, "dim": 2, "data": cfg.data, **data_key}
-        name = f"{arch}-{objective}"
-    return store.entry(
-        "models", name, {"spec": spec, "train": cfg.train_config(objective).to_dict()}
-    ).name
