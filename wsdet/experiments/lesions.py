@@ -106,7 +106,7 @@ class LesionStudyConfig:
     patience: int | None = 10
     time_budget_min: float | None = None
     finetune: bool = True
-    finetune_epochs: int = 15
+    finetune_epochs: int = 8
     augment: bool = False
     nms_size: int = 6
     radius: float = 6.0
