@@ -49,6 +49,13 @@ def test_mnist_smoke_resumes_without_retraining(tmp_path, monkeypatch):
         calls.append(name)
         return out
 
+    # an interim report before anything has been trained: nothing trained, all missing
+    empty = mn.run_mnist(cfg, tmp_path, interim=True)
+    assert empty["evaluations"] == {} and empty["networks"] == {}
+    assert len(empty["missing"]) == 4  # 2 architectures x 2 objectives
+    assert not (tmp_path / "models").exists()
+    assert "Interim report" in (tmp_path / "report.md").read_text()
+
     monkeypatch.setattr(common, "train_cached", interrupted)
     with pytest.raises(KeyboardInterrupt):
         mn.run_mnist(cfg, tmp_path)
@@ -140,6 +147,23 @@ def test_lesions3d_smoke_and_cache(tmp_path):
     assert again["evaluations"] == first["evaluations"]
     assert (tmp_path / "froc_lesions3d.png").exists()
     assert (tmp_path / "slices_basal_ganglia.png").exists()
+    assert again["missing"] == [] and "Interim" not in (tmp_path / "report.md").read_text()
+
+    # interim report while one network is unfinished: it is neither trained nor reported
+    unfinished = tmp_path / "models" / nets["basal_ganglia-gpunet"]["folder"]
+    (unfinished / "done.json").rename(unfinished / "done.json.bak")
+    before = {f: f.stat().st_mtime_ns for f in (tmp_path / "models").rglob("*")}
+    part = run_lesions(cfg, tmp_path, interim=True)
+    assert {f: f.stat().st_mtime_ns for f in (tmp_path / "models").rglob("*")} == before
+    assert part["missing"] == ["basal_ganglia-gpunet"]
+    assert "basal_ganglia-gpunet" not in part["networks"]
+    assert part["evaluations"]["midbrain"] == first["evaluations"]["midbrain"]
+    bg = part["evaluations"]["basal_ganglia"]
+    assert set(bg) == {"intensity", "grad_cam", "chance"}
+    assert all(bg[m] == first["evaluations"]["basal_ganglia"][m] for m in bg)
+    assert not any(k.startswith("basal_ganglia") for k in part["comparisons"])
+    report = (tmp_path / "report.md").read_text()
+    assert "Interim report" in report and "basal_ganglia-gpunet" in report
 
 
 def _tiny_jobs():

@@ -9,6 +9,8 @@ import time
 
 import torch
 
+INTERIM = "train nothing; report the networks that have finished so far"
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m wsdet.experiments", description=__doc__)
@@ -21,12 +23,14 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--budget-min", type=float, default=None, help="training minutes/network")
     m.add_argument("--max-epochs", type=int, default=None)
     m.add_argument("--threads", type=int, default=None)
+    m.add_argument("--interim", action="store_true", help=INTERIM)
     les = sub.add_parser("lesions3d", help="the 3D lesion study on synthetic phantoms")
     les.add_argument("--out", required=True, help="output/cache folder")
     les.add_argument("--smoke", action="store_true", help="tiny volumes, one epoch")
     les.add_argument("--settings", nargs="+", default=None)
     les.add_argument("--budget-min", type=float, default=None, help="training minutes/network")
     les.add_argument("--threads", type=int, default=None)
+    les.add_argument("--interim", action="store_true", help=INTERIM)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     if args.threads:
@@ -43,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
                 over["max_epochs"] = args.max_epochs
             cfg = MNISTStudyConfig.smoke(**over) if args.smoke else MNISTStudyConfig(**over)  # type: ignore[arg-type]
             out = f"{args.out}/digit{digit}"
-            run_mnist(cfg, out)
+            run_mnist(cfg, out, interim=args.interim)
             print(open(f"{out}/report.md").read())
     if args.study == "lesions3d":
         from wsdet.experiments.lesions import LesionStudyConfig, run_lesions
@@ -54,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.budget_min is not None:
             over3["time_budget_min"] = args.budget_min
         cfg3 = LesionStudyConfig.smoke(**over3) if args.smoke else LesionStudyConfig(**over3)  # type: ignore[arg-type]
-        run_lesions(cfg3, args.out)
+        run_lesions(cfg3, args.out, interim=args.interim)
         print(open(f"{args.out}/report.md").read())
     print(f"done in {time.perf_counter() - t0:.0f} s")
     return 0

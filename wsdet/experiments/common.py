@@ -261,6 +261,7 @@ def train_all(
     jobs: Sequence[TrainJob],
     *,
     on_trained: Callable[[str], None] | None = None,
+    train: bool = True,
 ) -> dict[str, tuple[nn.Module, dict[str, Any]]]:
     """Train (or load) every job; networks locked by another process are left for last.
 
@@ -268,8 +269,28 @@ def train_all(
     next network nobody holds, and both finish with every network available. A job that
     fine-tunes another network (``init_from``) waits until that network has finished; list
     it after its source.
+
+    ``train=False`` trains nothing: it returns only the jobs whose networks have finished
+    (for an interim report while other processes train), in job order.
     """
     out: dict[str, tuple[nn.Module, dict[str, Any]]] = {}
+    if not train:
+        for job in jobs:
+            folder = model_folder(store, job.name, job.spec, job.config, job.init_from)
+            if (folder / "done.json").exists():
+                got = train_cached(
+                    store,
+                    job.name,
+                    job.spec,
+                    job.config,
+                    job.train,
+                    job.val,
+                    augment=job.augment,
+                    init_from=job.init_from,
+                )
+                assert got is not None  # a finished network is loaded, never locked
+                out[job.name] = got
+        return out
     deferred: list[TrainJob] = []
     for wait, todo in ((False, list(jobs)), (True, deferred)):
         for job in todo:

@@ -257,10 +257,14 @@ def _chance_detections(
     return out
 
 
-def run_lesions(config: LesionStudyConfig, out: str | Path) -> dict[str, Any]:
+def run_lesions(
+    config: LesionStudyConfig, out: str | Path, *, interim: bool = False
+) -> dict[str, Any]:
     """Run (or resume) the 3D study under ``out``; return the results as a dict.
 
     Writes ``out/results.json``, ``out/report.md`` and figures ``out/*.png``.
+    ``interim=True`` trains nothing and reports the networks that have finished so far
+    (``results["missing"]`` lists the others; their methods show "—").
     """
     cfg = config
     store = Store(out)
@@ -309,7 +313,8 @@ def run_lesions(config: LesionStudyConfig, out: str | Path) -> dict[str, Any]:
             if first:
                 folder = model_folder(store, job.name, job.spec, job.config)
                 sources[arch] = folder / "best.pt"
-    trained = train_all(store, jobs)
+    trained = train_all(store, jobs, train=not interim)
+    results["missing"] = [job.name for job in jobs if job.name not in trained]
     for setting in cfg.settings:
         train, val, test = data[setting]
         data_key = data_keys[setting]
@@ -317,6 +322,8 @@ def run_lesions(config: LesionStudyConfig, out: str | Path) -> dict[str, Any]:
         nets: dict[str, nn.Module] = {}
         folders: dict[str, str] = {}
         for arch in archs:
+            if f"{setting}-{arch}" not in trained:  # interim report
+                continue
             model, info = trained[f"{setting}-{arch}"]
             nets[arch] = model
             folders[arch] = info["folder"]
@@ -326,6 +333,8 @@ def run_lesions(config: LesionStudyConfig, out: str | Path) -> dict[str, Any]:
         matches = {}
         for method in cfg.methods:
             arch = METHOD_ARCHITECTURE[method]
+            if arch not in nets:
+                continue
             model = nets[arch]
             options = (
                 {"fuse_intensity": True}
@@ -373,7 +382,7 @@ def run_lesions(config: LesionStudyConfig, out: str | Path) -> dict[str, Any]:
             report, evals[setting]["chance"] = _score(dets, targets, cfg, 0.0, slice_mode)
             curves[setting]["Chance (random map)"] = report.curve
             log.info("%s-chance: FAUC %.3f", setting, report.fauc.estimate)
-        for m in cfg.methods:
+        for m in matches:
             if m != "gp_unet" and "gp_unet" in matches:
                 r = paired_bootstrap(
                     fn,

@@ -120,10 +120,15 @@ def _fauc_fn(max_fp: float) -> Any:
     return partial(fauc, max_fp=max_fp)
 
 
-def run_mnist(config: MNISTStudyConfig, out: str | Path) -> dict[str, Any]:
+def run_mnist(
+    config: MNISTStudyConfig, out: str | Path, *, interim: bool = False
+) -> dict[str, Any]:
     """Run (or resume) the MNIST study under ``out``; return the results as a dict.
 
     Writes ``out/results.json``, ``out/report.md`` and figures ``out/*.png``.
+    ``interim=True`` trains nothing and reports the networks that have finished so far
+    (``results["missing"]`` lists the others; their rows show "—"), for a look at a long
+    study while other processes train it; the full run overwrites these files.
     """
     cfg = config
     store = Store(out)
@@ -176,19 +181,24 @@ def run_mnist(config: MNISTStudyConfig, out: str | Path) -> dict[str, Any]:
     networks: dict[tuple[str, str], Any] = {}
     folders: dict[tuple[str, str], str] = {}  # ties detections to their network
     trained: dict[str, Any] = {}
-    for name, (model, info) in train_all(store, jobs).items():
+    for name, (model, info) in train_all(store, jobs, train=not interim).items():
         networks[index[name]] = model
         folders[index[name]] = info["folder"]
         trained[name] = info
 
     boxes = test.boxes
-    results: dict[str, Any] = {"config": dataclasses.asdict(cfg), "networks": trained}
+    results: dict[str, Any] = {
+        "config": dataclasses.asdict(cfg),
+        "networks": trained,
+        "missing": [job.name for job in jobs if job.name not in trained],
+    }
     evals: dict[str, Any] = {}
     curves: dict[str, Any] = {}
     matches: dict[str, Any] = {}
     runs = [(m, o, METHOD_ARCHITECTURE[m]) for m in cfg.methods for o in cfg.objectives]
     if ("gpunet_paper400", "regression") in networks:
         runs.append(("gp_unet", "regression", "gpunet_paper400"))
+    runs = [r for r in runs if (r[2], r[1]) in networks]  # all of them unless interim
     for method, objective, arch in runs:
         model = networks[(arch, objective)]
         key = {"network": folders[(arch, objective)], **data_key}

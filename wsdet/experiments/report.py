@@ -25,6 +25,17 @@ def _minutes(info: dict[str, Any]) -> str:
     return f"{info.get('train_seconds', float('nan')) / 60:.1f}"
 
 
+def _interim(results: dict[str, Any]) -> list[str]:
+    missing = results.get("missing") or []
+    if not missing:
+        return []
+    return [
+        f"**Interim report**: {len(missing)} network(s) still to train "
+        f"({', '.join(missing)}); the methods that need them show —.",
+        "",
+    ]
+
+
 def _comparisons(results: dict[str, Any]) -> list[str]:
     lines = [
         "| comparison (FAUC ×100) | difference ± sd | 95% CI | p |",
@@ -48,6 +59,7 @@ def mnist_markdown(results: dict[str, Any]) -> str:
     out = [
         f"### MNIST, target digit {cfg['digit']}",
         "",
+        *_interim(results),
         f"FAUC over 0–{cfg['max_fp']:g} FP/image (×100) ± bootstrap sd "
         f"({cfg['n_bootstrap']} replicates), {cfg['n_test']} balanced test images, NMS size "
         f"{cfg['nms_size']}, one-to-one matching with the 28×28-cell rule.",
@@ -105,6 +117,7 @@ def lesions_markdown(results: dict[str, Any]) -> str:
     if any("chance" in ev for ev in results["evaluations"].values()):
         methods.append("chance")
     out = [
+        *_interim(results),
         "FAUC over 0–15 FP/volume (×100) ± bootstrap sd; operating point = top-n with n "
         "the rounded predicted count (for the intensity baseline, the base CNN's count; for "
         "the chance reference, NMS on uniform noise inside the region, the training mean "
@@ -185,11 +198,14 @@ def mnist_figures(
     pos = int(np.argmax(counts))
     neg = int(np.flatnonzero(counts == 0)[0]) if (counts == 0).any() else 0
     x = test.images[pos : pos + 1]
-    if "regression" in cfg.objectives:
-        maps = _maps(networks, list(cfg.methods), "regression", x)
+    shown = [m for m in cfg.methods if (METHOD_ARCHITECTURE[m], "regression") in networks]
+    if shown:
+        maps = _maps(networks, shown, "regression", x)
         fig = attention_grid(x[0, 0], maps, gt=test.centers[pos], ncols=4, panel_size=2.6)
         save_figure(fig, str(out / "fig3_methods.png"))
-    if "gp_unet" in cfg.methods and set(cfg.objectives) >= {"regression", "classification"}:
+    if "gp_unet" in cfg.methods and all(
+        ("gpunet", o) in networks for o in ("regression", "classification")
+    ):
         fig, axes = plt.subplots(2, 3, figsize=(10, 4.6))
         for row, i in enumerate((neg, pos)):
             xi = test.images[i : i + 1]
@@ -240,6 +256,8 @@ def lesions_figures(
         )
         maps = {}
         for m in cfg.methods:
+            if METHOD_ARCHITECTURE[m] not in nets:  # interim report: not trained yet
+                continue
             model = nets[METHOD_ARCHITECTURE[m]]
             opts = (
                 {"fuse_intensity": True}
