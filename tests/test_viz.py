@@ -75,6 +75,10 @@ def test_plot_froc_extends_flat_to_max_fp_and_marks_operating_points() -> None:
     np.testing.assert_array_equal(marker.get_xdata(), [0.5])
     np.testing.assert_array_equal(tup.get_xdata(), [0.0, 3.0])  # already past max_fp
     assert ax.get_xlim() == (0.0, 2.0)
+    assert ax.get_xlabel() == "average false positives per image"
+    plt.close(fig)
+    fig = plot_froc({"obj": Curve()}, fp_unit="volume")
+    assert fig.axes[0].get_xlabel() == "average false positives per volume"
     plt.close(fig)
 
 

@@ -134,11 +134,13 @@ def plot_froc(
     ax: Any = None,
     operating_points: Mapping[str, Sequence[float]] | None = None,
     title: str | None = None,
+    fp_unit: str = "image",
 ) -> Any:
     """FROC curves: each value has ``fp_avg`` and ``sensitivity`` arrays (a
     :class:`wsdet.metrics` curve, or any object/tuple ``(fp_avg, sensitivity)``).
 
-    ``operating_points`` maps a name to ``(fp_avg, sensitivity)`` drawn as a marker.
+    ``operating_points`` maps a name to ``(fp_avg, sensitivity)`` drawn as a marker;
+    ``fp_unit`` names what false positives are counted per in the x label (e.g. "volume").
     """
     plt = _plt()
     if ax is None:
@@ -159,7 +161,7 @@ def plot_froc(
     if max_fp is not None:
         ax.set_xlim(0, max_fp)
     ax.set_ylim(0, 1.02)
-    ax.set_xlabel("average false positives per image")
+    ax.set_xlabel(f"average false positives per {fp_unit}")
     ax.set_ylabel("sensitivity")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")

@@ -239,7 +239,7 @@ def lesions_figures(
     if n:
         fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 4), squeeze=False)
         for ax, (setting, c) in zip(axes[0], curves.items(), strict=True):
-            plot_froc(c, max_fp=cfg.max_fp, ax=ax, title=setting)
+            plot_froc(c, max_fp=cfg.max_fp, ax=ax, title=setting, fp_unit="volume")
         fig.tight_layout()
         save_figure(fig, str(out / "froc_lesions3d.png"))
     for setting, (test, nets) in examples.items():
