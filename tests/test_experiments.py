@@ -331,3 +331,25 @@ def test_default_lesion_study_data_can_be_generated(setting):
         assert test.slice_counts is not None and float(train.counts.sum()) > 0
     else:
         assert abs(float(train.counts.float().mean()) - cfg.mean_count) < 0.5
+
+
+def test_lesions_markdown_rows_from_hand_made_results():
+    from wsdet.experiments.report import lesions_markdown
+
+    b = {"estimate": 0.9461, "sd": 0.012}
+    op = {"fp_avg": {"estimate": 0.05}, "sensitivity": {"estimate": 0.929}}
+    ev = {"fauc": b, "operating_point": op, "n_detections": 391, "n_images": 100}
+    ev |= {"n_tp": 386, "n_targets": 408}
+    results = {
+        "config": {"methods": ["gp_unet", "grad_cam"]},
+        "evaluations": {"midbrain": {"gp_unet": ev}},
+        "networks": {},
+        "missing": ["midbrain-basecnn"],
+    }
+    md = lesions_markdown(results)
+    assert "**Interim report**: 1 network(s) still to train (midbrain-basecnn)" in md
+    assert "| midbrain FAUC | 94.6 ± 1.2 | — |" in md
+    assert "| midbrain FP/volume | 0.05 | — |" in md
+    assert "| midbrain sensitivity | 0.929 | — |" in md
+    assert "| midbrain candidates/volume | 3.9 | — |" in md  # 391 / 100
+    assert "| midbrain sensitivity, all candidates | 0.946 | — |" in md  # 386 / 408

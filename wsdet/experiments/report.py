@@ -25,6 +25,13 @@ def _minutes(info: dict[str, Any]) -> str:
     return f"{info.get('train_seconds', float('nan')) / 60:.1f}"
 
 
+def _per(ev: dict[str, Any] | None, num: str, den: str, fmt: str) -> str:
+    """``ev[num] / ev[den]`` formatted, or "—"."""
+    if not ev or not ev.get(den):
+        return "—"
+    return fmt.format(ev[num] / ev[den])
+
+
 def _interim(results: dict[str, Any]) -> list[str]:
     missing = results.get("missing") or []
     if not missing:
@@ -65,8 +72,9 @@ def mnist_markdown(results: dict[str, Any]) -> str:
         f"{cfg['nms_size']}, one-to-one matching with the 28×28-cell rule.",
         "",
         "| method | regression FAUC | classification FAUC | regression: sensitivity / FP "
-        "per image at the operating point | regression count MAE |",
-        "| --- | --- | --- | --- | --- |",
+        "per image at the operating point | regression count MAE | candidates/image "
+        "(regression / classification) |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for method in cfg["methods"]:
         r = ev.get(f"{method}-regression")
@@ -76,9 +84,13 @@ def mnist_markdown(results: dict[str, Any]) -> str:
             f"{op['sensitivity']['estimate']:.3f} / {op['fp_avg']['estimate']:.3f}" if op else "—"
         )
         mae = f"{r['count_mae']:.3f}" if r and "count_mae" in r else "—"
+        cand = (
+            f"{_per(r, 'n_detections', 'n_images', '{:.1f}')} / "
+            f"{_per(c, 'n_detections', 'n_images', '{:.1f}')}"
+        )
         out.append(
             f"| {METHOD_LABELS[method]} | {_pm(r and r['fauc'])} | {_pm(c and c['fauc'])} "
-            f"| {op_s} | {mae} |"
+            f"| {op_s} | {mae} | {cand} |"
         )
     p400 = ev.get("gp_unet-regression-paper400")
     if p400:
@@ -88,7 +100,8 @@ def mnist_markdown(results: dict[str, Any]) -> str:
         )
         out.append(
             f"| GP-Unet, paper's 400 fixed images + augmentation | {_pm(p400['fauc'])} | — "
-            f"| {op_s} | {p400.get('count_mae', float('nan')):.3f} |"
+            f"| {op_s} | {p400.get('count_mae', float('nan')):.3f} "
+            f"| {_per(p400, 'n_detections', 'n_images', '{:.1f}')} / — |"
         )
     out += ["", "Paired bootstrap differences (same resampled images for both):", ""]
     out += _comparisons(results)
@@ -121,7 +134,9 @@ def lesions_markdown(results: dict[str, Any]) -> str:
         "FAUC over 0–15 FP/volume (×100) ± bootstrap sd; operating point = top-n with n "
         "the rounded predicted count (for the intensity baseline, the base CNN's count; for "
         "the chance reference, NMS on uniform noise inside the region, the training mean "
-        "count).",
+        "count). Candidates: the local maxima left after non-maximum suppression (negatives "
+        "clipped); with all of them taken, the FROC curve ends at the last row's "
+        "sensitivity.",
         "",
         "| setting | " + " | ".join(labels[m] for m in methods) + " |",
         "| --- |" + " --- |" * len(methods),
@@ -135,12 +150,18 @@ def lesions_markdown(results: dict[str, Any]) -> str:
         )
         fp = []
         se = []
+        cand = []
+        ceil = []
         for m in methods:
             op = ev.get(m, {}).get("operating_point")
             fp.append(f"{op['fp_avg']['estimate']:.2f}" if op else "—")
             se.append(f"{op['sensitivity']['estimate']:.3f}" if op else "—")
+            cand.append(_per(ev.get(m), "n_detections", "n_images", "{:.1f}"))
+            ceil.append(_per(ev.get(m), "n_tp", "n_targets", "{:.3f}"))
         out.append(f"| {s} FP/volume | " + " | ".join(fp) + " |")
         out.append(f"| {s} sensitivity | " + " | ".join(se) + " |")
+        out.append(f"| {s} candidates/volume | " + " | ".join(cand) + " |")
+        out.append(f"| {s} sensitivity, all candidates | " + " | ".join(ceil) + " |")
     out += ["", "Paired bootstrap differences:", ""]
     out += _comparisons(results)
     out += [
