@@ -187,6 +187,7 @@ def train_cached(
     on_trained: Callable[[str], None] | None = None,
     wait: bool = True,
     init_from: Path | None = None,
+    train_missing: bool = True,
 ) -> tuple[nn.Module, dict[str, Any]] | None:
     """Train the network described by ``spec`` (arch, dim, width, data...) or load it.
 
@@ -198,6 +199,7 @@ def train_cached(
     study waits for it (``wait=True``) or gets ``None`` back (``wait=False``) and can train
     something else meanwhile. ``init_from``: the ``best.pt`` of another network to
     fine-tune from (its folder name, which carries that network's key, joins the key).
+    ``train_missing=False`` only loads: a network that has not finished gives ``None``.
     Returns the model (eval mode, predicting counts or logits) and the run summary.
     """
     key_cfg = _model_key(spec, config, init_from)
@@ -206,6 +208,8 @@ def train_cached(
         torch.manual_seed(config.seed)
         model = build_model(spec["arch"], spec["dim"], spec.get("width"))
     done = folder / "done.json"
+    if not train_missing and not done.exists():
+        return None
     lock = _TrainLock(folder)
     if not done.exists() and not lock.acquire(wait):
         return None
@@ -273,22 +277,24 @@ def train_all(
     ``train=False`` trains nothing: it returns only the jobs whose networks have finished
     (for an interim report while other processes train), in job order.
     """
+
+    def run(job: TrainJob, **kwargs: Any) -> tuple[nn.Module, dict[str, Any]] | None:
+        return train_cached(
+            store,
+            job.name,
+            job.spec,
+            job.config,
+            job.train,
+            job.val,
+            augment=job.augment,
+            init_from=job.init_from,
+            **kwargs,
+        )
+
     out: dict[str, tuple[nn.Module, dict[str, Any]]] = {}
     if not train:
         for job in jobs:
-            folder = model_folder(store, job.name, job.spec, job.config, job.init_from)
-            if (folder / "done.json").exists():
-                got = train_cached(
-                    store,
-                    job.name,
-                    job.spec,
-                    job.config,
-                    job.train,
-                    job.val,
-                    augment=job.augment,
-                    init_from=job.init_from,
-                )
-                assert got is not None  # a finished network is loaded, never locked
+            if (got := run(job, train_missing=False)) is not None:
                 out[job.name] = got
         return out
     deferred: list[TrainJob] = []
@@ -304,18 +310,7 @@ def train_all(
                     f"{job.name}: the network to fine-tune from has not finished "
                     f"({job.init_from}); list every job after its source"
                 )
-            got = train_cached(
-                store,
-                job.name,
-                job.spec,
-                job.config,
-                job.train,
-                job.val,
-                augment=job.augment,
-                on_trained=on_trained,
-                wait=wait,
-                init_from=job.init_from,
-            )
+            got = run(job, on_trained=on_trained, wait=wait)
             if got is None:
                 log.info("%s is being trained by another process; later", job.name)
                 deferred.append(job)
