@@ -87,6 +87,27 @@ def test_mnist_smoke_resumes_without_retraining(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 @needs_mnist
+def test_mnist_train_only_trains_part_of_the_study_and_stops(tmp_path):
+    import wsdet.experiments.mnist as mn
+
+    cfg = mn.MNISTStudyConfig.smoke(
+        root=str(MNIST), methods=("grad", "gp_unet"), faithful_gpunet=False, n_test=12
+    )
+    got = mn.run_mnist(cfg, tmp_path, train_only=["basecnn-classification"], device="cpu")
+    assert list(got["networks"]) == ["basecnn-classification"]
+    assert got["networks"]["basecnn-classification"]["device"] == "cpu"
+    assert sorted(got["missing"]) == [
+        "basecnn-regression",
+        "gpunet-classification",
+        "gpunet-regression",
+    ]
+    assert not (tmp_path / "report.md").exists() and not (tmp_path / "detections").exists()
+    with pytest.raises(ValueError, match="gpunet-regression-paper400"):
+        mn.run_mnist(cfg, tmp_path, train_only=["gpunet-regression-paper400"])
+
+
+@pytest.mark.slow
+@needs_mnist
 def test_cli_smoke(tmp_path):
     import subprocess
     import sys
@@ -223,6 +244,60 @@ def test_train_all_leaves_a_network_locked_elsewhere_for_last(tmp_path):
     assert all(not info["cached"] for _, info in result.values())
     again = train_all(store, jobs)
     assert all(info["cached"] for _, info in again.values())
+
+
+def test_train_all_only_trains_the_named_networks(tmp_path):
+    """``only``: the named networks are trained, finished others loaded, the rest left."""
+    from wsdet.experiments import Store, train_all
+
+    store = Store(tmp_path)
+    jobs = _tiny_jobs()
+    got = train_all(store, jobs, only=["second"])
+    assert list(got) == ["second"] and got["second"][1]["cached"] is False
+    assert not list((tmp_path / "models").glob("first-*"))  # not even a folder
+    got = train_all(store, jobs, only=["first"])
+    assert list(got) == ["first", "second"]
+    assert got["first"][1]["cached"] is False and got["second"][1]["cached"] is True
+    with pytest.raises(ValueError, match=r"only: unknown network\(s\) \['third'\]"):
+        train_all(store, jobs, only=["first", "third"])
+    with pytest.raises(TypeError, match="only must be a collection"):
+        train_all(store, jobs, only="first")
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=pytest.mark.skipif(
+                not __import__("torch").cuda.is_available(), reason="no CUDA device"
+            ),
+        ),
+    ],
+)
+def test_train_cached_on_a_device_starts_from_the_cpu_weights(tmp_path, device):
+    """Training elsewhere: same initial weights as on the CPU, model back on the CPU, the
+    device recorded in the summary, and a second call loads it."""
+    import dataclasses
+
+    import torch
+
+    from wsdet.experiments import Store, train_cached
+
+    job = _tiny_jobs()[0]
+    cfg = dataclasses.replace(job.config, init="kaiming_conv", max_epochs=1, lr=0.0)
+    ref = train_cached(Store(tmp_path / "ref"), job.name, job.spec, cfg, job.train, job.val)
+    got = train_cached(
+        Store(tmp_path / "dev"), job.name, job.spec, cfg, job.train, job.val, device=device
+    )
+    assert ref is not None and got is not None
+    assert ref[1]["device"] == "cpu" and got[1]["device"].startswith(device)
+    for (k, a), b in zip(ref[0].state_dict().items(), got[0].state_dict().values(), strict=True):
+        assert b.device.type == "cpu", k
+        torch.testing.assert_close(a, b, msg=k)  # lr 0: the initial weights, unchanged
+    again = train_cached(Store(tmp_path / "dev"), job.name, job.spec, cfg, job.train, job.val)
+    assert again is not None and again[1]["cached"] is True
 
 
 def test_train_cached_builds_reproducible_networks(tmp_path):

@@ -6,10 +6,19 @@ import argparse
 import logging
 import sys
 import time
+from typing import Any
 
 import torch
 
 INTERIM = "train nothing; report the networks that have finished so far"
+TRAIN_ONLY = "train just these networks (names as in the report), then stop: no evaluation"
+DEVICE = "device to train on, e.g. cuda (default: cpu); evaluation runs on the CPU"
+
+
+def _summary(got: dict[str, Any]) -> str:
+    lines = [f"trained or cached: {sorted(got['networks'])}"]
+    lines.append(f"not finished: {got['missing']}")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--max-epochs", type=int, default=None)
     m.add_argument("--threads", type=int, default=None)
     m.add_argument("--interim", action="store_true", help=INTERIM)
+    m.add_argument("--train-only", nargs="+", default=None, metavar="NAME", help=TRAIN_ONLY)
+    m.add_argument("--device", default=None, help=DEVICE)
     les = sub.add_parser("lesions3d", help="the 3D lesion study on synthetic phantoms")
     les.add_argument("--out", required=True, help="output/cache folder")
     les.add_argument("--smoke", action="store_true", help="tiny volumes, one epoch")
@@ -31,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     les.add_argument("--budget-min", type=float, default=None, help="training minutes/network")
     les.add_argument("--threads", type=int, default=None)
     les.add_argument("--interim", action="store_true", help=INTERIM)
+    les.add_argument("--train-only", nargs="+", default=None, metavar="NAME", help=TRAIN_ONLY)
+    les.add_argument("--device", default=None, help=DEVICE)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     if args.threads:
@@ -47,8 +60,10 @@ def main(argv: list[str] | None = None) -> int:
                 over["max_epochs"] = args.max_epochs
             cfg = MNISTStudyConfig.smoke(**over) if args.smoke else MNISTStudyConfig(**over)  # type: ignore[arg-type]
             out = f"{args.out}/digit{digit}"
-            run_mnist(cfg, out, interim=args.interim)
-            print(open(f"{out}/report.md").read())
+            got = run_mnist(
+                cfg, out, interim=args.interim, train_only=args.train_only, device=args.device
+            )
+            print(_summary(got) if args.train_only else open(f"{out}/report.md").read())
     if args.study == "lesions3d":
         from wsdet.experiments.lesions import LesionStudyConfig, run_lesions
 
@@ -58,8 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.budget_min is not None:
             over3["time_budget_min"] = args.budget_min
         cfg3 = LesionStudyConfig.smoke(**over3) if args.smoke else LesionStudyConfig(**over3)  # type: ignore[arg-type]
-        run_lesions(cfg3, args.out, interim=args.interim)
-        print(open(f"{args.out}/report.md").read())
+        got3 = run_lesions(
+            cfg3, args.out, interim=args.interim, train_only=args.train_only, device=args.device
+        )
+        print(_summary(got3) if args.train_only else open(f"{args.out}/report.md").read())
     print(f"done in {time.perf_counter() - t0:.0f} s")
     return 0
 

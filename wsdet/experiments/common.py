@@ -20,7 +20,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +188,7 @@ def train_cached(
     wait: bool = True,
     init_from: Path | None = None,
     train_missing: bool = True,
+    device: str | torch.device | None = None,
 ) -> tuple[nn.Module, dict[str, Any]] | None:
     """Train the network described by ``spec`` (arch, dim, width, data...) or load it.
 
@@ -200,8 +201,12 @@ def train_cached(
     something else meanwhile. ``init_from``: the ``best.pt`` of another network to
     fine-tune from (its folder name, which carries that network's key, joins the key).
     ``train_missing=False`` only loads: a network that has not finished gives ``None``.
-    Returns the model (eval mode, predicting counts or logits) and the run summary.
+    ``device``: where to train (e.g. ``"cuda"``); not part of the key. The network is
+    built and initialised on the CPU either way (the same starting weights), trained on
+    ``device`` and returned on the CPU; the summary records the device.
+    Returns the model (CPU, eval mode, predicting counts or logits) and the run summary.
     """
+    dev = torch.device("cpu") if device is None else torch.device(device)
     key_cfg = _model_key(spec, config, init_from)
     folder = store.entry("models", name, key_cfg)  # = model_folder(...)
     with torch.random.fork_rng(devices=[]):
@@ -225,7 +230,11 @@ def train_cached(
         log.info("training %s (%s)%s", name, folder.name, " — resuming" if resumed else "")
         t0 = time.perf_counter()
         trainer = Trainer(model, config, out_dir=folder, augment=augment, init_from=init_from)
-        result = trainer.fit(train, val, resume=True)
+        model.to(dev)  # after the initialisation, which is the same on every device
+        try:
+            result = trainer.fit(train, val, resume=True)
+        finally:
+            model.cpu()
         info = {
             "name": name,
             "best_epoch": result.best_epoch,
@@ -236,6 +245,7 @@ def train_cached(
             "wall_seconds_this_call": time.perf_counter() - t0,
             "parameters": sum(p.numel() for p in model.parameters()),
             "resumed": resumed,
+            "device": _device_name(dev),
         }
         store.write_json(done, info)
     finally:
@@ -245,6 +255,12 @@ def train_cached(
     info["cached"] = False
     info["folder"] = folder.name
     return model.eval(), info
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
 
 
 @dataclasses.dataclass
@@ -266,6 +282,8 @@ def train_all(
     *,
     on_trained: Callable[[str], None] | None = None,
     train: bool = True,
+    only: Collection[str] | None = None,
+    device: str | torch.device | None = None,
 ) -> dict[str, tuple[nn.Module, dict[str, Any]]]:
     """Train (or load) every job; networks locked by another process are left for last.
 
@@ -275,8 +293,18 @@ def train_all(
     it after its source.
 
     ``train=False`` trains nothing: it returns only the jobs whose networks have finished
-    (for an interim report while other processes train), in job order.
+    (for an interim report while other processes train), in job order. ``only``: train
+    just the jobs of these names (the others as with ``train=False``), e.g. to train some
+    networks of a study on another machine; unknown names raise ``ValueError``.
+    ``device``: where to train (see :func:`train_cached`).
     """
+    names = [job.name for job in jobs]
+    if only is not None:
+        if isinstance(only, str):
+            raise TypeError("only must be a collection of job names, not a single string")
+        unknown = sorted(set(only) - set(names))
+        if unknown:
+            raise ValueError(f"only: unknown network(s) {unknown}; expected some of {names}")
 
     def run(job: TrainJob, **kwargs: Any) -> tuple[nn.Module, dict[str, Any]] | None:
         return train_cached(
@@ -288,17 +316,18 @@ def train_all(
             job.val,
             augment=job.augment,
             init_from=job.init_from,
+            device=device,
             **kwargs,
         )
 
     out: dict[str, tuple[nn.Module, dict[str, Any]]] = {}
-    if not train:
-        for job in jobs:
-            if (got := run(job, train_missing=False)) is not None:
-                out[job.name] = got
-        return out
+    to_train = [job for job in jobs if train and (only is None or job.name in only)]
+    trained_here = {job.name for job in to_train}
+    for job in jobs:
+        if job.name not in trained_here and (got := run(job, train_missing=False)) is not None:
+            out[job.name] = got
     deferred: list[TrainJob] = []
-    for wait, todo in ((False, list(jobs)), (True, deferred)):
+    for wait, todo in ((False, to_train), (True, deferred)):
         for job in todo:
             source_done = job.init_from is None or (job.init_from.parent / "done.json").exists()
             if not wait and not source_done:
@@ -316,7 +345,7 @@ def train_all(
                 deferred.append(job)
             else:
                 out[job.name] = got
-    return {job.name: out[job.name] for job in jobs}
+    return {job.name: out[job.name] for job in jobs if job.name in out}
 
 
 def detect_all(

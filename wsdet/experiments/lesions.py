@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -258,13 +259,21 @@ def _chance_detections(
 
 
 def run_lesions(
-    config: LesionStudyConfig, out: str | Path, *, interim: bool = False
+    config: LesionStudyConfig,
+    out: str | Path,
+    *,
+    interim: bool = False,
+    train_only: Sequence[str] | None = None,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the 3D study under ``out``; return the results as a dict.
 
     Writes ``out/results.json``, ``out/report.md`` and figures ``out/*.png``.
     ``interim=True`` trains nothing and reports the networks that have finished so far
     (``results["missing"]`` lists the others; their methods show "—").
+    ``train_only``: train just the networks of these names (e.g. ``"midbrain-gpunet"``) and
+    return before any evaluation, writing nothing but their cache entries. ``device``:
+    where to train (e.g. ``"cuda"``); networks are evaluated on the CPU.
     """
     cfg = config
     store = Store(out)
@@ -313,8 +322,10 @@ def run_lesions(
             if first:
                 folder = model_folder(store, job.name, job.spec, job.config)
                 sources[arch] = folder / "best.pt"
-    trained = train_all(store, jobs, train=not interim)
+    trained = train_all(store, jobs, train=not interim, only=train_only, device=device)
     results["missing"] = [job.name for job in jobs if job.name not in trained]
+    if train_only is not None:
+        return {"networks": {k: v[1] for k, v in trained.items()}, "missing": results["missing"]}
     for setting in cfg.settings:
         train, val, test = data[setting]
         data_key = data_keys[setting]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -121,7 +122,12 @@ def _fauc_fn(max_fp: float) -> Any:
 
 
 def run_mnist(
-    config: MNISTStudyConfig, out: str | Path, *, interim: bool = False
+    config: MNISTStudyConfig,
+    out: str | Path,
+    *,
+    interim: bool = False,
+    train_only: Sequence[str] | None = None,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the MNIST study under ``out``; return the results as a dict.
 
@@ -129,6 +135,10 @@ def run_mnist(
     ``interim=True`` trains nothing and reports the networks that have finished so far
     (``results["missing"]`` lists the others; their rows show "—"), for a look at a long
     study while other processes train it; the full run overwrites these files.
+    ``train_only``: train just the networks of these names (e.g. ``"gpunet-classification"``,
+    ``"gpunet-regression-paper400"``) and return before any evaluation, writing nothing
+    but their cache entries (to train part of a study on another machine). ``device``:
+    where to train (e.g. ``"cuda"``); networks are evaluated on the CPU.
     """
     cfg = config
     store = Store(out)
@@ -181,10 +191,13 @@ def run_mnist(
     networks: dict[tuple[str, str], Any] = {}
     folders: dict[tuple[str, str], str] = {}  # ties detections to their network
     trained: dict[str, Any] = {}
-    for name, (model, info) in train_all(store, jobs, train=not interim).items():
+    got = train_all(store, jobs, train=not interim, only=train_only, device=device)
+    for name, (model, info) in got.items():
         networks[index[name]] = model
         folders[index[name]] = info["folder"]
         trained[name] = info
+    if train_only is not None:
+        return {"networks": trained, "missing": [j.name for j in jobs if j.name not in got]}
 
     boxes = test.boxes
     results: dict[str, Any] = {
