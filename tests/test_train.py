@@ -367,6 +367,30 @@ def test_resume_is_bit_exact(tmp_path: Path, optimizer: str) -> None:
             assert torch.equal(b["optimizer"]["state"][pid][name], value), (pid, name)
 
 
+def test_a_run_saved_on_a_gpu_resumes_on_the_cpu(tmp_path: Path) -> None:
+    """last.pt written on a GPU holds CUDA RNG states: a CPU-only resume skips them and
+    goes on exactly as a CPU run would (the CPU-side randomness is restored)."""
+    cfg = quiet(optimizer="adam", lr=0.02, max_epochs=4, seed=3)
+    torch.manual_seed(0)
+    full = Trainer(TinyNet(dropout=0.3), cfg, augment=flip_augment, out_dir=tmp_path / "full")
+    full.fit(spot_data(16, 0), spot_data(8, 1))
+    torch.manual_seed(0)
+    part = Trainer(
+        TinyNet(dropout=0.3),
+        quiet(optimizer="adam", lr=0.02, max_epochs=2, seed=3),
+        augment=flip_augment,
+        out_dir=tmp_path / "part",
+    )
+    part.fit(spot_data(16, 0), spot_data(8, 1))
+    state = load_checkpoint(tmp_path / "part" / "last.pt")
+    state["rng"]["cuda"] = [torch.zeros(16, dtype=torch.uint8)]  # as if saved on a GPU
+    torch.save(state, tmp_path / "part" / "last.pt")
+    resumed = Trainer(TinyNet(dropout=0.3), cfg, augment=flip_augment, out_dir=tmp_path / "part")
+    resumed.fit(spot_data(16, 0), spot_data(8, 1), resume=True)
+    for key, value in full.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[key], value), key
+
+
 def test_fit_leaves_caller_rng_untouched() -> None:
     trainer = Trainer(TinyNet(dropout=0.5), quiet(max_epochs=1))
     data = spot_data(8, 0), spot_data(4, 1)

@@ -562,9 +562,11 @@ def _rng_snapshot(cuda: bool) -> dict[str, Any]:
     }
 
 
-def _rng_restore(snapshot: Mapping[str, Any]) -> None:
+def _rng_restore(snapshot: Mapping[str, Any], cuda: bool) -> None:
+    """Restore the global RNGs; the CUDA ones only when training on CUDA (a run saved on
+    a GPU resumes on a CPU with its CPU-side randomness exact)."""
     torch.set_rng_state(snapshot["torch"])
-    if snapshot["cuda"]:
+    if cuda and snapshot["cuda"]:
         torch.cuda.set_rng_state_all(snapshot["cuda"])
     npd = snapshot["numpy"]
     keys = npd["keys"].numpy().astype(np.uint32)
@@ -1215,7 +1217,8 @@ class Trainer:
             path = Path(resume)
         else:
             raise TypeError(f"resume must be a bool or a path; got {type(resume).__name__}")
-        state = load_checkpoint(path, map_location=self.device)
+        # On the CPU: the RNG states must stay there; load_state_dict moves the rest.
+        state = load_checkpoint(path, map_location="cpu")
         if state.get("format") != _STATE_FORMAT:
             raise ValueError(f"{path} is not a training-state checkpoint (last.pt)")
         saved, now = state["config"], self.config.to_dict()
@@ -1231,7 +1234,7 @@ class Trainer:
     def _restore(self, state: Mapping[str, Any], optimizer: torch.optim.Optimizer) -> None:
         self.model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        _rng_restore(state["rng"])
+        _rng_restore(state["rng"], cuda=self.device.type == "cuda")
 
     def _write_history(self, history: Mapping[str, list[float]]) -> None:
         assert self.out_dir is not None
