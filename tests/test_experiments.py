@@ -300,6 +300,71 @@ def test_train_cached_on_a_device_starts_from_the_cpu_weights(tmp_path, device):
     assert again is not None and again[1]["cached"] is True
 
 
+def test_constant_val_loss_by_hand():
+    import math
+
+    import torch
+
+    from wsdet.experiments.common import constant_val_loss
+
+    y = torch.tensor([0.0, 1.0, 2.0, 5.0])  # mean 2: squares 4, 1, 0, 9
+    assert constant_val_loss("regression", y) == pytest.approx(14 / 4)
+    p = 3 / 4  # three of four images hold the target
+    expected = -(p * math.log(p) + (1 - p) * math.log(1 - p))
+    assert constant_val_loss("classification", y) == pytest.approx(expected)
+    assert constant_val_loss("classification", torch.zeros(3)) == 0.0
+
+
+def test_train_all_restarts_a_run_stuck_on_the_plateau(tmp_path, monkeypatch):
+    """A run no better than 0.9x the constant prediction is trained again with the next
+    seed, up to max_restarts; a run that learned is kept."""
+    import dataclasses
+
+    import torch
+
+    import wsdet.experiments.common as common
+    from wsdet.experiments import Store, train_all
+
+    jobs = [dataclasses.replace(j, max_restarts=2) for j in _tiny_jobs()]
+    plateau = common.constant_val_loss("regression", jobs[0].val[1])
+    losses = {("first", 0): plateau, ("first", 1): 0.95 * plateau, ("first", 2): 0.1}
+    losses[("second", 0)] = 0.5 * plateau
+    seen: list[tuple[str, int]] = []
+
+    def fake(store, name, spec, config, *args, **kwargs):
+        seen.append((name, config.seed))
+        info = {"best_val_loss": losses[(name, config.seed)], "folder": f"{name}-{config.seed}"}
+        return torch.nn.Linear(1, 1), info
+
+    monkeypatch.setattr(common, "train_cached", fake)
+    got = train_all(Store(tmp_path), jobs)
+    assert seen == [("first", 0), ("first", 1), ("first", 2), ("second", 0)]
+    first, second = got["first"][1], got["second"][1]
+    assert [a["seed"] for a in first["attempts"]] == [0, 1, 2] and first["stuck"] is False
+    assert first["constant_val_loss"] == pytest.approx(plateau)
+    assert [a["seed"] for a in second["attempts"]] == [0] and second["stuck"] is False
+    # out of restarts: the last run is kept, marked stuck
+    losses[("first", 2)] = plateau
+    seen.clear()
+    got = train_all(Store(tmp_path), jobs, only=["first"])
+    assert got["first"][1]["stuck"] is True and len(got["first"][1]["attempts"]) == 3
+    from wsdet.experiments.report import _training_table
+
+    rows = _training_table(
+        {
+            "first": {
+                **got["first"][1],
+                "epochs": 3,
+                "best_epoch": 1,
+                "stop_reason": "patience",
+                "train_seconds": 60.0,
+            }
+        }
+    )
+    assert "stuck" in rows[2] and "| 2 |" in rows[2]
+    assert sum(r.startswith("- first, seed ") for r in rows) == 2
+
+
 def test_train_cached_builds_reproducible_networks(tmp_path):
     """Parameters an init scheme keeps come from the config's seed, not the global RNG."""
     import dataclasses

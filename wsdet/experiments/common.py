@@ -265,7 +265,13 @@ def _device_name(device: torch.device) -> str:
 
 @dataclasses.dataclass
 class TrainJob:
-    """One network of a study: the arguments of :func:`train_cached`."""
+    """One network of a study: the arguments of :func:`train_cached`.
+
+    ``max_restarts``: how often to train the network again, with the next seed
+    (``config.seed + k``), while its best validation loss is no better than
+    ``STUCK_FRACTION`` times that of the best constant prediction (see
+    :func:`constant_val_loss`): a run that never left the constant-output plateau.
+    """
 
     name: str
     spec: dict[str, Any]
@@ -274,6 +280,27 @@ class TrainJob:
     val: tuple[torch.Tensor, torch.Tensor]
     augment: Any = None
     init_from: Path | None = None
+    max_restarts: int = 0
+
+
+#: A run whose best validation loss is above this fraction of the constant prediction's is
+#: taken to have stayed on the plateau of constant outputs (see ``TrainJob.max_restarts``).
+STUCK_FRACTION = 0.9
+
+
+def constant_val_loss(objective: str, counts: torch.Tensor) -> float:
+    """Validation loss of the best constant output, the level of the plateau.
+
+    Regression: the MSE of predicting the validation mean (their variance). Classification
+    (labels ``counts > 0``): the binary cross-entropy of predicting their rate.
+    """
+    y = counts.to(torch.float64)
+    if objective == "regression":
+        return float(((y - y.mean()) ** 2).mean())
+    p = float((y > 0).to(torch.float64).mean())
+    if p in (0.0, 1.0):
+        return 0.0
+    return float(-(p * np.log(p) + (1 - p) * np.log(1 - p)))
 
 
 def train_all(
@@ -307,18 +334,46 @@ def train_all(
             raise ValueError(f"only: unknown network(s) {unknown}; expected some of {names}")
 
     def run(job: TrainJob, **kwargs: Any) -> tuple[nn.Module, dict[str, Any]] | None:
-        return train_cached(
-            store,
-            job.name,
-            job.spec,
-            job.config,
-            job.train,
-            job.val,
-            augment=job.augment,
-            init_from=job.init_from,
-            device=device,
-            **kwargs,
-        )
+        plateau = constant_val_loss(job.config.objective, job.val[1])
+        attempts: list[dict[str, Any]] = []
+        for k in range(job.max_restarts + 1):
+            config = dataclasses.replace(job.config, seed=job.config.seed + k)
+            got = train_cached(
+                store,
+                job.name,
+                job.spec,
+                config,
+                job.train,
+                job.val,
+                augment=job.augment,
+                init_from=job.init_from,
+                device=device,
+                **kwargs,
+            )
+            if got is None:  # held by another process, or not finished (interim)
+                return None
+            info = got[1]
+            stuck = bool(info["best_val_loss"] > STUCK_FRACTION * plateau)
+            attempts.append(
+                {
+                    "seed": config.seed,
+                    "folder": info["folder"],
+                    "best_val_loss": info["best_val_loss"],
+                }
+            )
+            if not stuck or k == job.max_restarts:
+                info.update(constant_val_loss=plateau, stuck=stuck, attempts=attempts)
+                return got
+            log.info(
+                "%s stayed on the plateau (best val loss %.4g vs %.4g for a constant): "
+                "training again with seed %d",
+                job.name,
+                info["best_val_loss"],
+                plateau,
+                config.seed + 1,
+            )
+            kwargs["wait"] = True  # a restart is this process's job now
+        raise AssertionError("unreachable")
 
     out: dict[str, tuple[nn.Module, dict[str, Any]]] = {}
     to_train = [job for job in jobs if train and (only is None or job.name in only)]

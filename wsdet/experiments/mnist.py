@@ -77,6 +77,7 @@ class MNISTStudyConfig:
     patience: int | None = 100
     time_budget_min: float | None = None
     faithful_gpunet: bool = True
+    max_restarts: int = 2
     nms_size: int = 6
     max_fp: float = 2.0
     n_bootstrap: int = 1000
@@ -180,13 +181,24 @@ def run_mnist(
         for arch in archs:
             spec = {"arch": arch, "dim": 2, "data": cfg.data, **data_key}
             name = f"{arch}-{objective}"
-            jobs.append(TrainJob(name, spec, cfg.train_config(objective), train, val))
+            tcfg = cfg.train_config(objective)
+            jobs.append(TrainJob(name, spec, tcfg, train, val, max_restarts=cfg.max_restarts))
             index[name] = (arch, objective)
     if cfg.faithful_gpunet and "regression" in cfg.objectives:
         spec = {"arch": "gpunet", "dim": 2, "data": "fixed+augment", **data_key}
         name = "gpunet-regression-paper400"
         fixed = (splits.train.images, splits.train.counts)
-        jobs.append(TrainJob(name, spec, cfg.train_config("regression"), fixed, val, augment_batch))
+        jobs.append(
+            TrainJob(
+                name,
+                spec,
+                cfg.train_config("regression"),
+                fixed,
+                val,
+                augment_batch,
+                max_restarts=cfg.max_restarts,
+            )
+        )
         index[name] = ("gpunet_paper400", "regression")
     networks: dict[tuple[str, str], Any] = {}
     folders: dict[tuple[str, str], str] = {}  # ties detections to their network

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from wsdet.detector import Detector
-from wsdet.experiments.common import METHOD_ARCHITECTURE, METHOD_LABELS
+from wsdet.experiments.common import METHOD_ARCHITECTURE, METHOD_LABELS, STUCK_FRACTION
 
 __all__ = ["lesions_markdown", "mnist_figures", "mnist_markdown"]
 
@@ -23,6 +23,35 @@ def _pm(b: dict[str, Any] | None, scale: float = 100.0) -> str:
 
 def _minutes(info: dict[str, Any]) -> str:
     return f"{info.get('train_seconds', float('nan')) / 60:.1f}"
+
+
+def _training_table(networks: dict[str, dict[str, Any]]) -> list[str]:
+    """One row per trained network, and a line per run restarted off the plateau."""
+    out = [
+        "| network | seed | epochs | best epoch | stop | best val loss (constant) | device "
+        "| minutes |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    restarts: list[str] = []
+    for name, info in networks.items():
+        attempts = info.get("attempts") or [{}]
+        seed = attempts[-1].get("seed", "")
+        loss = f"{info.get('best_val_loss', float('nan')):.4g}"
+        if "constant_val_loss" in info:
+            loss += f" ({info['constant_val_loss']:.4g})" + (" stuck" if info["stuck"] else "")
+        out.append(
+            f"| {name} | {seed} | {info['epochs']} | {info['best_epoch']} | {info['stop_reason']} "
+            f"| {loss} | {info.get('device', 'cpu')} | {_minutes(info)} |"
+        )
+        for a in attempts[:-1]:
+            restarts.append(
+                f"- {name}, seed {a['seed']}: best val loss {a['best_val_loss']:.4g}, above "
+                f"{STUCK_FRACTION:g}× the constant's {info['constant_val_loss']:.4g}: trained again"
+            )
+    if restarts:
+        out += ["", "Runs that stayed on the plateau of constant outputs were restarted:", ""]
+        out += restarts
+    return out
 
 
 def _per(ev: dict[str, Any] | None, num: str, den: str, fmt: str) -> str:
@@ -109,14 +138,8 @@ def mnist_markdown(results: dict[str, Any]) -> str:
         "",
         "Training runs:",
         "",
-        "| network | epochs | best epoch | stop | minutes |",
-        "| --- | --- | --- | --- | --- |",
     ]
-    for name, info in results["networks"].items():
-        out.append(
-            f"| {name} | {info['epochs']} | {info['best_epoch']} | {info['stop_reason']} "
-            f"| {_minutes(info)} |"
-        )
+    out += _training_table(results["networks"])
     return "\n".join(out) + "\n"
 
 
@@ -168,14 +191,8 @@ def lesions_markdown(results: dict[str, Any]) -> str:
         "",
         "Training runs:",
         "",
-        "| network | epochs | best epoch | stop | minutes |",
-        "| --- | --- | --- | --- | --- |",
     ]
-    for name, info in results["networks"].items():
-        out.append(
-            f"| {name} | {info['epochs']} | {info['best_epoch']} | {info['stop_reason']} "
-            f"| {_minutes(info)} |"
-        )
+    out += _training_table(results["networks"])
     return "\n".join(out) + "\n"
 
 
