@@ -91,19 +91,31 @@ def test_mnist_train_only_trains_part_of_the_study_and_stops(tmp_path):
     import wsdet.experiments.mnist as mn
 
     cfg = mn.MNISTStudyConfig.smoke(
-        root=str(MNIST), methods=("grad", "gp_unet"), faithful_gpunet=False, n_test=12
+        root=str(MNIST),
+        methods=("grad", "gp_unet"),
+        faithful_gpunet=False,
+        n_test=12,
+        objectives=("classification",),
+        replicate_seeds=(7,),
     )
-    got = mn.run_mnist(cfg, tmp_path, train_only=["basecnn-classification"], device="cpu")
-    assert list(got["networks"]) == ["basecnn-classification"]
+    names = ["basecnn-classification", "basecnn-classification-seed7"]
+    got = mn.run_mnist(cfg, tmp_path, train_only=names, device="cpu")
+    assert list(got["networks"]) == names
     assert got["networks"]["basecnn-classification"]["device"] == "cpu"
-    assert sorted(got["missing"]) == [
-        "basecnn-regression",
-        "gpunet-classification",
-        "gpunet-regression",
-    ]
+    assert got["networks"][names[1]]["attempts"][0]["seed"] == 7
+    assert sorted(got["missing"]) == ["gpunet-classification", "gpunet-classification-seed7"]
     assert not (tmp_path / "report.md").exists() and not (tmp_path / "detections").exists()
     with pytest.raises(ValueError, match="gpunet-regression-paper400"):
         mn.run_mnist(cfg, tmp_path, train_only=["gpunet-regression-paper400"])
+    # the whole study: the replicate networks are evaluated too, per training seed
+    full = mn.run_mnist(cfg, tmp_path)
+    assert full["networks"]["basecnn-classification"]["cached"] is True
+    by_seed = full["fauc_by_seed"]
+    assert sorted(by_seed) == ["gp_unet-classification", "grad-classification"]
+    assert all(sorted(v) == ["0", "7"] for v in by_seed.values())
+    main = full["evaluations"]["grad-classification"]["fauc"]["estimate"]
+    assert by_seed["grad-classification"]["0"] == main
+    assert "trained from 2 seeds" in (tmp_path / "report.md").read_text()
 
 
 @pytest.mark.slow
@@ -471,6 +483,32 @@ def test_default_lesion_study_data_can_be_generated(setting):
         assert test.slice_counts is not None and float(train.counts.sum()) > 0
     else:
         assert abs(float(train.counts.float().mean()) - cfg.mean_count) < 0.5
+
+
+def test_seed_table_from_hand_made_results():
+    from wsdet.experiments.report import _seed_table
+
+    results = {
+        "config": {"methods": ["gp_unet", "grad"]},
+        "fauc_by_seed": {
+            "gp_unet-regression": {"0": 0.9, "100": 0.8, "200": 0.7},
+            "gp_unet-classification": {"0": 0.95, "100": 0.5, "200": 0.6},
+            "grad-regression": {"0": 0.3},
+        },
+    }
+    rows = _seed_table(results)
+    gp = next(r for r in rows if r.startswith("| GP-Unet |"))
+    # mean 80.0, sample sd 10.0; classification mean 68.3, sd sqrt(((26.7)^2+...)/2)
+    assert "| 90.0 / 80.0 / 70.0 | 80.0 ± 10.0 | 95.0 / 50.0 / 60.0 | 68.3 ± 23.6 |" in gp
+    assert gp.endswith("| 2 of 3 |")
+    grad = next(r for r in rows if r.startswith("| Grad |"))
+    assert grad == "| Grad | 30.0 / — / — | — | — / — / — | — | — |"
+    assert (
+        _seed_table(
+            {"config": {"methods": ["grad"]}, "fauc_by_seed": {"grad-regression": {"0": 0.3}}}
+        )
+        == []
+    )
 
 
 def test_lesions_markdown_rows_from_hand_made_results():

@@ -78,6 +78,7 @@ class MNISTStudyConfig:
     time_budget_min: float | None = None
     faithful_gpunet: bool = True
     max_restarts: int = 2
+    replicate_seeds: tuple[int, ...] = (100, 200)
     nms_size: int = 6
     max_fp: float = 2.0
     n_bootstrap: int = 1000
@@ -97,6 +98,7 @@ class MNISTStudyConfig:
             time_budget_min=2.0,
             n_bootstrap=50,
             batch_size=16,
+            replicate_seeds=(),
         )
         base.update(overrides)
         return cls(**base)
@@ -200,14 +202,29 @@ def run_mnist(
             )
         )
         index[name] = ("gpunet_paper400", "regression")
+    # The same networks trained again from other seeds (initialisation and batch order;
+    # same data): how much of a difference between methods the training seed alone makes.
+    replicas: dict[str, tuple[str, str, int]] = {}
+    for rseed in cfg.replicate_seeds:
+        for objective in cfg.objectives:
+            for arch in archs:
+                spec = {"arch": arch, "dim": 2, "data": cfg.data, **data_key}
+                name = f"{arch}-{objective}-seed{rseed}"
+                tcfg = dataclasses.replace(cfg.train_config(objective), seed=rseed)
+                jobs.append(TrainJob(name, spec, tcfg, train, val, max_restarts=cfg.max_restarts))
+                replicas[name] = (arch, objective, rseed)
     networks: dict[tuple[str, str], Any] = {}
     folders: dict[tuple[str, str], str] = {}  # ties detections to their network
+    replica_nets: dict[tuple[str, str, int], tuple[Any, str]] = {}
     trained: dict[str, Any] = {}
     got = train_all(store, jobs, train=not interim, only=train_only, device=device)
     for name, (model, info) in got.items():
+        trained[name] = info
+        if name in replicas:
+            replica_nets[replicas[name]] = (model, info["folder"])
+            continue
         networks[index[name]] = model
         folders[index[name]] = info["folder"]
-        trained[name] = info
     if train_only is not None:
         return {"networks": trained, "missing": [j.name for j in jobs if j.name not in got]}
 
@@ -259,6 +276,32 @@ def run_mnist(
             evals[label]["count_mae"] = float(np.abs(counts - test.counts.numpy()).mean())
         log.info("%s: FAUC %.3f", label, report.fauc.estimate)
     results["evaluations"] = evals
+
+    # FAUC per training seed: the main networks (seed cfg.seed) and the replicates
+    seeds_fauc: dict[str, dict[str, float]] = {}
+    for label in evals:
+        if not label.endswith("-paper400"):
+            seeds_fauc.setdefault(label, {})[str(cfg.seed)] = evals[label]["fauc"]["estimate"]
+    for (arch, objective, rseed), (model, folder) in replica_nets.items():
+        for method in [m for m in cfg.methods if METHOD_ARCHITECTURE[m] == arch]:
+            label = f"{method}-{objective}"
+            dets, _ = detect_cached(
+                store,
+                f"{label}-seed{rseed}",
+                {"network": folder, **data_key},
+                model,
+                method,
+                test.images,
+                batch_size=cfg.eval_batch,
+                size=cfg.nms_size,
+            )
+            if objective == "classification":  # a logit, not a count
+                for d in dets:
+                    d.count = float("nan")
+            rep = evaluate(dets, boxes, match="boxes", max_fp=cfg.max_fp, n_bootstrap=0)
+            seeds_fauc.setdefault(label, {})[str(rseed)] = rep.fauc.estimate
+            log.info("%s, seed %d: FAUC %.3f", label, rseed, rep.fauc.estimate)
+    results["fauc_by_seed"] = seeds_fauc
 
     comparisons: dict[str, Any] = {}
     fn = _fauc_fn(cfg.max_fp)

@@ -54,6 +54,46 @@ def _training_table(networks: dict[str, dict[str, Any]]) -> list[str]:
     return out
 
 
+def _seed_table(results: dict[str, Any]) -> list[str]:
+    """FAUC of every method and objective per training seed, mean ± sd over the seeds, and
+    in how many seeds regression beat classification."""
+    by_seed: dict[str, dict[str, float]] = results.get("fauc_by_seed") or {}
+    seeds = sorted({int(k) for v in by_seed.values() for k in v})
+    if len(seeds) < 2:
+        return []
+    out = [
+        "",
+        f"The same networks trained from {len(seeds)} seeds (initialisation and batch order; "
+        "same data and test images): FAUC ×100 per seed "
+        f"({', '.join(map(str, seeds))}), mean ± sd over the seeds:",
+        "",
+        "| method | regression | mean ± sd | classification | mean ± sd "
+        "| seeds where regression > classification |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+
+    def cells(label: str) -> tuple[str, str, list[float]]:
+        vals = [by_seed.get(label, {}).get(str(s)) for s in seeds]
+        text = " / ".join("—" if v is None else f"{100 * v:.1f}" for v in vals)
+        got = [v for v in vals if v is not None]
+        if len(got) < 2:
+            return text, "—", got
+        return text, f"{100 * np.mean(got):.1f} ± {100 * np.std(got, ddof=1):.1f}", got
+
+    for method in results["config"]["methods"]:
+        r_text, r_ms, _ = cells(f"{method}-regression")
+        c_text, c_ms, _ = cells(f"{method}-classification")
+        pairs = [
+            (by_seed.get(f"{method}-regression", {}).get(str(s)),
+             by_seed.get(f"{method}-classification", {}).get(str(s)))
+            for s in seeds
+        ]  # fmt: skip
+        both = [(a, b) for a, b in pairs if a is not None and b is not None]
+        wins = f"{sum(a > b for a, b in both)} of {len(both)}" if both else "—"
+        out.append(f"| {METHOD_LABELS[method]} | {r_text} | {r_ms} | {c_text} | {c_ms} | {wins} |")
+    return out
+
+
 def _per(ev: dict[str, Any] | None, num: str, den: str, fmt: str) -> str:
     """``ev[num] / ev[den]`` formatted, or "—"."""
     if not ev or not ev.get(den):
@@ -134,6 +174,7 @@ def mnist_markdown(results: dict[str, Any]) -> str:
         )
     out += ["", "Paired bootstrap differences (same resampled images for both):", ""]
     out += _comparisons(results)
+    out += _seed_table(results)
     out += [
         "",
         "Training runs:",
