@@ -98,6 +98,7 @@ class MNISTStudyConfig:
             time_budget_min=2.0,
             n_bootstrap=50,
             batch_size=16,
+            max_restarts=0,  # one epoch cannot leave the plateau: no restarts
             replicate_seeds=(),
         )
         base.update(overrides)
