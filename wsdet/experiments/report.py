@@ -162,15 +162,18 @@ def mnist_markdown(results: dict[str, Any]) -> str:
             f"| {op_s} | {mae} | {cand} |"
         )
     p400 = ev.get("gp_unet-regression-paper400")
-    if p400:
-        op = p400.get("operating_point")
+    c400 = ev.get("gp_unet-classification-paper400")
+    if p400 or c400:
+        op = (p400 or {}).get("operating_point")
         op_s = (
             f"{op['sensitivity']['estimate']:.3f} / {op['fp_avg']['estimate']:.3f}" if op else "—"
         )
+        mae = f"{p400['count_mae']:.3f}" if p400 and "count_mae" in p400 else "—"
         out.append(
-            f"| GP-Unet, paper's 400 fixed images + augmentation | {_pm(p400['fauc'])} | — "
-            f"| {op_s} | {p400.get('count_mae', float('nan')):.3f} "
-            f"| {_per(p400, 'n_detections', 'n_images', '{:.1f}')} / — |"
+            f"| GP-Unet, paper's 400 fixed images + augmentation | {_pm(p400 and p400['fauc'])} "
+            f"| {_pm(c400 and c400['fauc'])} | {op_s} | {mae} "
+            f"| {_per(p400, 'n_detections', 'n_images', '{:.1f}')} / "
+            f"{_per(c400, 'n_detections', 'n_images', '{:.1f}')} |"
         )
     out += ["", "Paired bootstrap differences (same resampled images for both):", ""]
     out += _comparisons(results)
