@@ -178,14 +178,16 @@ def run_mnist(
         "root_files": "mnist-test-10k",
     }
     archs = sorted({METHOD_ARCHITECTURE[m] for m in cfg.methods})
+    specs = {arch: {"arch": arch, "dim": 2, "data": cfg.data, **data_key} for arch in archs}
     jobs: list[TrainJob] = []
     index: dict[str, tuple[str, str]] = {}
     for objective in cfg.objectives:
         for arch in archs:
-            spec = {"arch": arch, "dim": 2, "data": cfg.data, **data_key}
             name = f"{arch}-{objective}"
             tcfg = cfg.train_config(objective)
-            jobs.append(TrainJob(name, spec, tcfg, train, val, max_restarts=cfg.max_restarts))
+            jobs.append(
+                TrainJob(name, specs[arch], tcfg, train, val, max_restarts=cfg.max_restarts)
+            )
             index[name] = (arch, objective)
     if cfg.faithful_gpunet:
         spec = {"arch": "gpunet", "dim": 2, "data": "fixed+augment", **data_key}
@@ -202,10 +204,10 @@ def run_mnist(
     for rseed in cfg.replicate_seeds:
         for objective in cfg.objectives:
             for arch in archs:
-                spec = {"arch": arch, "dim": 2, "data": cfg.data, **data_key}
                 name = f"{arch}-{objective}-seed{rseed}"
                 tcfg = dataclasses.replace(cfg.train_config(objective), seed=rseed)
-                jobs.append(TrainJob(name, spec, tcfg, train, val, max_restarts=cfg.max_restarts))
+                restarts = cfg.max_restarts
+                jobs.append(TrainJob(name, specs[arch], tcfg, train, val, max_restarts=restarts))
                 replicas[name] = (arch, objective, rseed)
     networks: dict[tuple[str, str], Any] = {}
     folders: dict[tuple[str, str], str] = {}  # ties detections to their network
@@ -231,17 +233,13 @@ def run_mnist(
     evals: dict[str, Any] = {}
     curves: dict[str, Any] = {}
     matches: dict[str, Any] = {}
-    runs = [(m, o, METHOD_ARCHITECTURE[m]) for m in cfg.methods for o in cfg.objectives]
-    runs += [("gp_unet", o, "gpunet_paper400") for o in cfg.objectives]
-    runs = [r for r in runs if (r[2], r[1]) in networks]  # all of them unless interim
-    for method, objective, arch in runs:
-        model = networks[(arch, objective)]
-        key = {"network": folders[(arch, objective)], **data_key}
-        label = f"{method}-{objective}" + ("-paper400" if arch == "gpunet_paper400" else "")
+
+    def detect(label: str, folder: str, model: Any, method: str, objective: str) -> Any:
+        """The cached detections of one method on one network's test maps."""
         dets, seconds = detect_cached(
             store,
             label,
-            key,
+            {"network": folder, **data_key},
             model,
             method,
             test.images,
@@ -251,6 +249,15 @@ def run_mnist(
         if objective == "classification":  # a logit, not a count: no operating point
             for d in dets:
                 d.count = float("nan")
+        return dets, seconds
+
+    runs = [(m, o, METHOD_ARCHITECTURE[m]) for m in cfg.methods for o in cfg.objectives]
+    runs += [("gp_unet", o, "gpunet_paper400") for o in cfg.objectives]
+    runs = [r for r in runs if (r[2], r[1]) in networks]  # all of them unless interim
+    for method, objective, arch in runs:
+        label = f"{method}-{objective}" + ("-paper400" if arch == "gpunet_paper400" else "")
+        net = (arch, objective)
+        dets, seconds = detect(label, folders[net], networks[net], method, objective)
         report = evaluate(
             dets,
             boxes,
@@ -278,19 +285,7 @@ def run_mnist(
     for (arch, objective, rseed), (model, folder) in replica_nets.items():
         for method in [m for m in cfg.methods if METHOD_ARCHITECTURE[m] == arch]:
             label = f"{method}-{objective}"
-            dets, _ = detect_cached(
-                store,
-                f"{label}-seed{rseed}",
-                {"network": folder, **data_key},
-                model,
-                method,
-                test.images,
-                batch_size=cfg.eval_batch,
-                size=cfg.nms_size,
-            )
-            if objective == "classification":  # a logit, not a count
-                for d in dets:
-                    d.count = float("nan")
+            dets, _ = detect(f"{label}-seed{rseed}", folder, model, method, objective)
             rep = evaluate(dets, boxes, match="boxes", max_fp=cfg.max_fp, n_bootstrap=0)
             seeds_fauc.setdefault(label, {})[str(rseed)] = rep.fauc.estimate
             log.info("%s, seed %d: FAUC %.3f", label, rseed, rep.fauc.estimate)
