@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import wsdet
-from wsdet.attention.base import AttentionMethod, register_method
+from wsdet.attention.base import AttentionMethod, AttentionUndefinedError, register_method
 
 
 def user_model(dim: int = 2, c_in: int = 1) -> nn.Module:
@@ -213,7 +213,7 @@ def test_input_errors():
         wsdet.Detector("model")  # type: ignore[arg-type]
 
 
-def test_unreadable_head_error():
+def test_no_linear_head_is_a_precise_error():
     class NoHead(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -222,11 +222,12 @@ def test_unreadable_head_error():
         def forward(self, x):
             return self.conv(x).amax(dim=(1, 2, 3))
 
-    with pytest.raises(ValueError, match=r"nn\.Linear.*head="):
+    with pytest.raises(AttentionUndefinedError, match="grad_cam") as err:
         wsdet.Detector(NoHead()).attention(torch.rand(2, 1, 8, 8))
+    assert err.value.reason == "no_linear_head"
 
 
-def test_unreadable_features_error_and_explicit_names():
+def test_functional_features_found_and_wrong_explicit_features_rejected():
     class CatModel(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -240,13 +241,15 @@ def test_unreadable_features_error_and_explicit_names():
 
     m = CatModel()
     x = torch.rand(2, 1, 8, 8)
-    with pytest.raises(ValueError, match="features="):
-        wsdet.Detector(m).attention(x)
-    # the pooled maps are 2*a and 2*b: explicit layers give Σ w f over the module outputs
-    maps = wsdet.Detector(m, features=["a", "b"], head="fc").attention(x)
-    f = torch.cat([m.a(x), m.b(x)], 1).detach()
+    # the pooled maps are 2*a and 2*b, found by what is pooled (no module returns them)
+    maps, y = wsdet.Detector(m).attention_and_count(x)
+    f = 2 * torch.cat([m.a(x), m.b(x)], 1).detach()
     ref = torch.einsum("bkhw,k->bhw", f, m.fc.weight[0].detach())
     torch.testing.assert_close(maps, ref)
+    torch.testing.assert_close(maps.mean((1, 2)) + m.fc.bias.detach(), y)
+    # the modules a and b are not what is pooled (half of it): an error, never a wrong map
+    with pytest.raises(ValueError, match=r"not the input of the head 'fc'.*features='auto'"):
+        wsdet.Detector(m, features=["a", "b"], head="fc").attention(x)
     with pytest.raises(ValueError, match="no submodule named"):
         wsdet.Detector(m, features=["zz"], head="fc").attention(x)
 

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal, Union
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from wsdet.attention.base import AttentionMethod, Target, get_method, warn_once
+from wsdet.attention.base import (
+    AttentionMethod,
+    Target,
+    get_method,
+    instrumented,
+    model_lock,
+    select_target,
+    warn_once,
+)
 from wsdet.detection import (
     Detections,
     Negatives,
@@ -25,6 +33,7 @@ __all__ = ["Detector"]
 NArg = Union[None, int, float, Sequence[Union[int, float]], Literal["all"]]
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_CONV_NDIM: dict[type[nn.Module], int] = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
 _STOCHASTIC = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
 
 
@@ -81,11 +90,10 @@ class Detector:
             raise TypeError(
                 f"method must be a registered name or an AttentionMethod subclass, got {method!r}"
             )
-        self.model = model
+        self.method = cls(model, target=target, **options)
+        self.model = self.method.model  # a torch.compile-d model's eager module
         self.method_name = cls.name or cls.__name__
         self.eval_mode = bool(eval_mode)
-        self.method = cls(model, target=target, **options)
-        self._first_conv = next((m for m in model.modules() if isinstance(m, _CONV)), None)
 
     def __repr__(self) -> str:
         return f"Detector(model={type(self.model).__name__}, method={self.method_name!r})"
@@ -107,22 +115,40 @@ class Detector:
         # (NaN/inf present, or a float overflow of a finite input)
         if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
             raise ValueError("x contains NaN or infinite values")
-        conv = self._first_conv
-        if conv is not None:
-            nd = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}.get(type(conv))
-            if nd is not None and nd != x.ndim - 2:
-                raise ValueError(
-                    f"x has {x.ndim - 2} spatial dims but the model's first convolution is "
-                    f"{type(conv).__name__}: expected shape (B, {conv.in_channels}, "
-                    f"{', '.join('S' * nd)})"
-                )
-            if conv.in_channels != x.shape[1]:
-                raise ValueError(
-                    f"x has {x.shape[1]} channels but the model's first convolution expects "
-                    f"{conv.in_channels}: expected shape (B, {conv.in_channels}, *S), got "
-                    f"{tuple(x.shape)}"
-                )
         return x
+
+    def _input_hint(self, x: Tensor) -> str | None:
+        """Why the model rejects ``x``, judged by its first convolution *called* on it."""
+        first: list[nn.Module] = []
+
+        def pre(mod: nn.Module, inp: Any) -> None:
+            if not first:
+                first.append(mod)
+
+        with instrumented(self.model) as ins, torch.no_grad():
+            for m in self.model.modules():
+                if isinstance(m, _CONV):
+                    ins.forward_pre_hook(m, pre)
+            with contextlib.suppress(Exception):
+                self.model(x[:1])
+        if not first:
+            return None
+        conv = first[0]
+        name = next(n for n, m in self.model.named_modules() if m is conv)
+        nd = _CONV_NDIM.get(type(conv), x.ndim - 2)
+        cin = conv.in_channels  # type: ignore[union-attr]
+        if nd != x.ndim - 2:
+            return (
+                f"x has {x.ndim - 2} spatial dims but the model's first convolution "
+                f"{name!r} is {type(conv).__name__}: expected shape (B, {cin}, "
+                f"{', '.join('S' * nd)}), got {tuple(x.shape)}"
+            )
+        if cin != x.shape[1]:
+            return (
+                f"x has {x.shape[1]} channels but the model's first convolution {name!r} "
+                f"expects {cin}: expected shape (B, {cin}, *S), got {tuple(x.shape)}"
+            )
+        return None
 
     @contextlib.contextmanager
     def _mode(self) -> Iterator[None]:
@@ -145,26 +171,87 @@ class Detector:
             yield
 
     # ---------------------------------------------------------------------- public
-    def attention_and_count(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Raw signed maps ``(B, *S)`` and the model's outputs ``(B,)``, from one pass."""
-        x = self._check_input(x)
-        with self._mode():
-            maps, out = self.method(x)
-        return maps, out
+    def _run(
+        self, x: Tensor, call: Callable[[Tensor], tuple[Tensor, Tensor]]
+    ) -> tuple[Tensor, Tensor]:
+        """``call(x)`` with the model in the requested mode; a model error gets a hint."""
+        with model_lock(self.model), self._mode():
+            try:
+                return call(x)
+            except RuntimeError as e:
+                hint = self._input_hint(x)
+                if hint is None:
+                    raise
+                raise ValueError(hint) from e
 
-    def attention(self, x: Tensor) -> Tensor:
-        """Raw signed attention maps ``(B, *S)`` at input resolution, same device/dtype."""
-        return self.attention_and_count(x)[0]
+    def attention_and_count(
+        self,
+        x: Tensor,
+        *,
+        tile_size: Sequence[int] | None = None,
+        tile_halo: int | Sequence[int] | None = None,
+        batch_size: int | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Raw signed maps ``(B, *S)`` and the explained outputs ``(B,)``.
+
+        Parameters
+        ----------
+        x : Tensor
+            ``(B, C, *S)`` input batch.
+        tile_size : sequence of int, optional
+            Compute the maps tile by tile (cores of this size per spatial axis, plus a
+            halo), for inputs whose whole-volume attention does not fit in memory. The
+            result equals the untiled map (see :mod:`wsdet.attention.tiling`).
+        tile_halo : int or sequence of int, optional
+            Halo around each tile core in voxels (default: measured from the model's
+            receptive field by a probe).
+        batch_size : int, optional
+            Process the batch in chunks of at most this many samples.
+        """
+        x = self._check_input(x)
+        if batch_size is not None:
+            if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+                raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
+        step = x.shape[0] if batch_size is None else batch_size
+        if tile_size is None:
+            if tile_halo is not None:
+                raise ValueError("tile_halo is only used with tile_size")
+            call = self.method
+        else:
+            from wsdet.attention.tiling import TiledAttention
+
+            call = TiledAttention(self.method, tile_size=tile_size, halo=tile_halo)
+        parts = [self._run(x[i : i + step], call) for i in range(0, x.shape[0], step)]
+        if len(parts) == 1:
+            return parts[0]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    def attention(
+        self,
+        x: Tensor,
+        *,
+        tile_size: Sequence[int] | None = None,
+        tile_halo: int | Sequence[int] | None = None,
+        batch_size: int | None = None,
+    ) -> Tensor:
+        """Raw signed attention maps ``(B, *S)`` at input resolution, same device/dtype.
+
+        ``tile_size``, ``tile_halo`` and ``batch_size``: see :meth:`attention_and_count`.
+        """
+        return self.attention_and_count(
+            x, tile_size=tile_size, tile_halo=tile_halo, batch_size=batch_size
+        )[0]
 
     def count(self, x: Tensor) -> Tensor:
         """The model's predicted count per image, ``(B,)`` (a forward pass only)."""
-        from wsdet.attention.base import instrumented, select_target
-
         x = self._check_input(x)
-        with self._mode(), instrumented(self.model), torch.inference_mode():
-            out = self.model(x)
-            target = self.method.target
-            return select_target(out, target, x.shape[0]).detach()
+
+        def forward(x: Tensor) -> tuple[Tensor, Tensor]:
+            with instrumented(self.model), torch.inference_mode():
+                y = select_target(self.model(x), self.method.target, x.shape[0]).detach()
+            return y, y
+
+        return self._run(x, forward)[1]
 
     def detect(
         self,

@@ -13,6 +13,7 @@ exception is raised inside the forward pass.
 from __future__ import annotations
 
 import contextlib
+import threading
 import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -25,14 +26,17 @@ from torch.utils.hooks import RemovableHandle
 
 __all__ = [
     "AttentionMethod",
+    "AttentionUndefinedError",
     "LayerSpec",
     "Target",
     "available_methods",
     "get_method",
     "instrumented",
+    "model_lock",
     "register_method",
     "resolve_module",
     "select_target",
+    "unwrap_model",
 ]
 
 #: A layer given by the user: the module itself, its dotted name in ``named_modules()``,
@@ -41,6 +45,27 @@ LayerSpec = Union[nn.Module, str]
 #: What a gradient method differentiates: ``None`` (the single output per sample), an int
 #: (a column of a ``(B, K)`` output), or a callable ``output -> (B,)``.
 Target = Union[None, int, Callable[[Tensor], Tensor]]
+
+
+class AttentionUndefinedError(ValueError):
+    """A method cannot produce a map for this model (or this input size).
+
+    ``reason`` says why, one of:
+
+    - ``"no_pooling"``: no global average (or sum) pooling feeds the linear head, so CAM
+      is undefined (use ``grad_cam`` or a gradient method);
+    - ``"mlp_head"``: the pooled features pass through two or more ``Linear`` layers, so
+      the output is not linear in them and CAM is undefined;
+    - ``"no_linear_head"``: the explained output is not the output of a ``Linear`` layer
+      (a sum of a density map, a final non-linearity), so CAM is undefined;
+    - ``"one_voxel"``: the features (or Grad-CAM's layer) have a single voxel for this
+      input size, so the map would be constant; the message gives the smallest input
+      that yields at least two voxels per axis.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class AttentionMethod:
@@ -65,7 +90,7 @@ class AttentionMethod:
     def __init__(self, model: nn.Module, *, target: Target = None) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        self.model = model
+        self.model = unwrap_model(model)
         self.target = target
 
     def compute(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -121,6 +146,8 @@ def register_method(
                 f"({_REGISTRY[name].__name__}); pass overwrite=True to replace it"
             )
         _REGISTRY[name] = c
+        if not c.__dict__.get("name"):  # one source for a method's name: its registry name
+            c.name = name
         return c
 
     if cls is None:
@@ -146,6 +173,34 @@ def get_method(name: str) -> type[AttentionMethod]:
         return _REGISTRY[name]
     except KeyError:
         raise ValueError(f"method must be one of {available_methods()}, got {name!r}") from None
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module a ``torch.compile``-d model wraps (hooks and modes need the eager one)."""
+    seen = 0
+    while isinstance(getattr(model, "_orig_mod", None), nn.Module) and seen < 8:
+        model = model._orig_mod  # type: ignore[assignment]
+        seen += 1
+    return model
+
+
+_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The re-entrant lock that serialises wsdet's calls on one model across threads.
+
+    Every call instruments the model (hooks, training flags, ``requires_grad``) for its
+    duration; two threads doing so at once would see each other's hooks. One lock per
+    model object, shared by every Detector and method that wraps it.
+    """
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = threading.RLock()
+            _LOCKS[model] = lock
+        return lock
 
 
 # ----------------------------------------------------------------------------- layers
@@ -212,7 +267,8 @@ def instrumented(model: nn.Module) -> Iterator[_Instrumentation]:
 
     Inside the block hooks are registered through the yielded object; on exit (normal or
     by exception) they are removed and every submodule's ``training`` flag, every
-    parameter's ``requires_grad`` and every ``inplace`` attribute are put back.
+    parameter's ``requires_grad`` and every ``inplace`` attribute are put back. The
+    model's :func:`model_lock` is held throughout, so threads sharing a model take turns.
 
     Examples
     --------
@@ -223,6 +279,13 @@ def instrumented(model: nn.Module) -> Iterator[_Instrumentation]:
     >>> len(m[0]._forward_hooks)
     0
     """
+    with model_lock(model):
+        with _restored(model) as ins:
+            yield ins
+
+
+@contextlib.contextmanager
+def _restored(model: nn.Module) -> Iterator[_Instrumentation]:
     modules = list(model.modules())
     training = [m.training for m in modules]
     inplace = [(m, m.inplace) for m in modules if isinstance(getattr(m, "inplace", None), bool)]

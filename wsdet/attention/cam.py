@@ -1,11 +1,18 @@
 """Class activation maps (CAM) for networks ending in global average pooling + Linear.
 
-``M = Σ_s Σ_k w^s_k f^s_k``: the feature maps ``f^s`` that are globally average-pooled
-(one entry per scale; a single entry for GP-Unet), weighted by the matching slice
-``w^s`` of the final linear layer's weights, upsampled to the input size when coarser
+``M = Σ_s Σ_k w^s_k f^s_k``: the feature maps ``f^s`` that are globally pooled into the
+linear head (one entry per scale; a single entry for GP-Unet), weighted by the matching
+slice ``w^s`` of the head's weight row, upsampled to the input size when coarser
 (linear/bilinear/trilinear, ``align_corners=False``). The head's bias is not part of the
-map, so the spatial mean of a single full-resolution map plus the bias is the model's
-output.
+map. For sum pooling the map is multiplied by the number of positions, so that for every
+single-scale model ``mean(map) + bias == output``; this identity (per scale, at feature
+resolution) is checked on every call, so a map is never silently wrong.
+
+The features are found by what happens to tensors, not by which module returned them
+(:mod:`wsdet.attention.pooling`): the tensor a global pooling receives — after any
+functional or in-place op — whose pooled vector is (part of) the head's input. Features
+and head given explicitly (``features=``, ``head=``, or a model's ``wsdet_layers()``) are
+verified the same way and rejected with what was found instead.
 
 Registered as ``gp_unet`` (the paper's GP-Unet), ``gp_unet_no_residual`` (its earlier
 version, with the optional intensity fusion) and ``gated_attention`` (multi-scale CAM).
@@ -13,8 +20,7 @@ version, with the optional intensity fusion) and ``gated_attention`` (multi-scal
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -22,174 +28,62 @@ from torch import Tensor, nn
 
 from wsdet.attention.base import (
     AttentionMethod,
+    AttentionUndefinedError,
     LayerSpec,
     Target,
     instrumented,
-    model_layers,
     register_method,
-    resolve_module,
     select_target,
     upsample_to,
+    warn_once,
 )
+from wsdet.attention.cam_discovery import (
+    CAMLayers,
+    discover_cam_layers,
+    last_pool_index,
+    smallest_input,
+)
+from wsdet.attention.pooling import ForwardWatch, PoolCall
 
-__all__ = ["CAM", "CAMLayers", "GPUnetNoResidualCAM", "GatedAttentionCAM", "discover_cam_layers"]
-
-
-@dataclass(frozen=True)
-class CAMLayers:
-    """Where CAM reads a model: the pooled feature modules and the linear head.
-
-    ``features`` holds ``(name, call)`` pairs: the module's dotted name and which of its
-    calls in one forward pass produces the maps (``-1``: the last call).
-    """
-
-    head: str
-    features: tuple[tuple[str, int], ...]
-
-
-def _spatial_mean(t: Tensor) -> Tensor:
-    return t.flatten(2).mean(-1)
-
-
-def _match_offset(h: Tensor, m: Tensor) -> list[int]:
-    """Offsets ``j`` where ``h[:, j:j+C]`` equals ``m`` (``(B, C)``) up to float error."""
-    c = m.shape[1]
-    if c > h.shape[1]:
-        return []
-    scale = float(h.abs().max()) if h.numel() else 1.0
-    atol = 1e-5 * max(scale, 1.0)
-    # torch.allclose(h[:, j:j+C], m, rtol=1e-4, atol) for every j at once (one call per
-    # module output instead of one per offset: 279k calls on a DenseNet121).
-    windows = h.unfold(1, c, 1)  # (B, K - C + 1, C)
-    close = (windows - m[:, None, :]).abs() <= atol + 1e-4 * m.abs()[:, None, :]
-    return [int(j) for j in torch.nonzero(close.all(2).all(0)).flatten()]
-
-
-def discover_cam_layers(
-    model: nn.Module, x: Tensor, *, head: LayerSpec = "auto", features: Any = "auto"
-) -> CAMLayers:
-    """Find the linear head and the pooled feature maps of ``model`` on the real input ``x``.
-
-    The head is the last ``nn.Linear`` called in the forward pass whose output is the
-    model's output. The features are module outputs ``(B, C, *S)`` (spatial size > 1)
-    whose spatial means are contiguous slices of the head's input, covering it exactly
-    (the latest-called match is preferred). Models may instead declare their layers with a
-    ``wsdet_layers()`` method returning ``{"head": name, "features": [names]}``.
-
-    Raises
-    ------
-    ValueError
-        If no such head or features exist, naming what was looked for and the arguments
-        (``head=``, ``features=``) that set them explicitly.
-    """
-    declared = model_layers(model)
-    if head == "auto" and "head" in declared:
-        head = declared["head"]
-    if (isinstance(features, str) and features == "auto") and "features" in declared:
-        f = declared["features"]
-        features = [f] if isinstance(f, str) else list(f)
-
-    if not (isinstance(head, str) and head == "auto") and not (
-        isinstance(features, str) and features == "auto"
-    ):
-        head_name, _ = resolve_module(model, head, "head")
-        specs = features if isinstance(features, (list, tuple)) else [features]
-        feats = tuple((resolve_module(model, s, "features")[0], -1) for s in specs)
-        return CAMLayers(head_name, feats)
-
-    names = {m: n for n, m in model.named_modules()}
-    calls: dict[nn.Module, int] = {}
-    spatial: list[tuple[str, int, Tensor]] = []
-    linears: list[tuple[str, Tensor, Tensor]] = []
-    b = x.shape[0]
-
-    def hook(mod: nn.Module, inp: Any, out: Any) -> None:
-        k = calls.get(mod, 0)
-        calls[mod] = k + 1
-        if isinstance(mod, nn.Linear) and inp and isinstance(inp[0], Tensor):
-            linears.append((names[mod], inp[0].detach().clone(), out.detach().clone()))
-        if (
-            isinstance(out, Tensor)
-            and out.ndim == x.ndim
-            and out.shape[0] == b
-            and out[0, 0].numel() > 1
-        ):
-            spatial.append((names[mod], k, out.detach().clone()))
-
-    with instrumented(model) as ins, torch.inference_mode():
-        for m in names:
-            ins.forward_hook(m, hook)
-        output = model(x)
-
-    looked = "CAM needs a model ending in global average pooling followed by an nn.Linear head; "
-    if isinstance(head, str) and head == "auto":
-        found = None
-        for n, _i, o in reversed(linears):
-            if isinstance(output, Tensor) and o.numel() == output.numel():
-                if torch.equal(o.reshape(-1), output.detach().reshape(-1)):
-                    found = n
-                    break
-        if found is None:
-            raise ValueError(
-                looked + "no nn.Linear whose output is the model's output was called in the "
-                "forward pass. Pass head=<module or dotted name> (and features=...)."
-            )
-        head_name = found
-    else:
-        head_name = resolve_module(model, head, "head")[0]
-    head_inputs = [i for n, i, _ in linears if n == head_name]
-    if not head_inputs:
-        raise ValueError(f"head: the module {head_name!r} was not called in the forward pass")
-    h = head_inputs[-1].reshape(b, -1)
-
-    if not (isinstance(features, str) and features == "auto"):
-        specs = features if isinstance(features, (list, tuple)) else [features]
-        feats = tuple((resolve_module(model, s, "features")[0], -1) for s in specs)
-        return CAMLayers(head_name, feats)
-
-    # Cover the head input [0, K) with pooled feature maps, latest-called first.
-    by_offset: dict[int, list[tuple[str, int, int]]] = {}
-    for n, k, t in reversed(spatial):
-        m = _spatial_mean(t.float()).to(h.dtype)
-        for j in _match_offset(h, m):
-            by_offset.setdefault(j, []).append((n, k, t.shape[1]))
-    chosen: list[tuple[str, int]] = []
-    j = 0
-    while j < h.shape[1]:
-        if j not in by_offset:
-            raise ValueError(
-                looked + f"no module output (B, C, *S) has a spatial mean equal to the head "
-                f"{head_name!r}'s input channels {j}.. (the pooled feature vector). If the "
-                "pooled maps are not the output of a module (e.g. a torch.cat in forward), "
-                "pass features=<module or dotted name, or a list in the head's order>."
-            )
-        n, k, c = by_offset[j][0]
-        chosen.append((n, k))
-        j += c
-    return CAMLayers(head_name, tuple(chosen))
+__all__ = [
+    "CAM",
+    "CAMLayers",
+    "GPUnetNoResidualCAM",
+    "GatedAttentionCAM",
+    "discover_cam_layers",
+    "fuse_with_intensity",
+]
 
 
 @register_method("gp_unet")
 class CAM(AttentionMethod):
-    """CAM on the full-resolution maps feeding global pooling (GP-Unet, paper Eq. 1).
+    """CAM on the maps feeding global pooling (GP-Unet, paper Eq. 1).
 
     Parameters
     ----------
     model : torch.nn.Module
-        A network whose output is ``Linear(GAP(f))`` (several pooled maps may be
+        A network whose explained output is ``Linear(GAP(f))`` (several pooled maps may be
         concatenated into the head input; then the map sums over them).
-    target : None or int
-        ``None`` for a single-output head, else the output unit whose weights are used.
+    target : None, int or callable
+        The explained scalar per sample (see :func:`~wsdet.attention.base.select_target`);
+        it must be a column of the head's output (its weight row is used).
     features : "auto", module, dotted name, or a list of them
-        The modules whose outputs are globally pooled, in the head's input order.
+        The modules whose outputs are globally pooled, in the head's input order
+        (verified; ``"auto"`` finds the pooled tensors, also functional ones).
     head : "auto", module or dotted name
-        The final ``nn.Linear``.
+        The final ``nn.Linear`` (verified).
     fuse_intensity : bool
         Rescale the (negatives-clipped) map and the image channel ``fuse_channel`` each to
         [0, 1] per image and sum them (Dubost et al.'s post-processing for hyperintense
         lesions). Off by default.
     fuse_channel : int
         Image channel used by ``fuse_intensity``.
+
+    Raises
+    ------
+    AttentionUndefinedError
+        On the first call, when CAM is undefined for the model (no global pooling, an MLP
+        head, no linear head, features of one voxel: the message says what to do).
 
     Examples
     --------
@@ -213,11 +107,6 @@ class CAM(AttentionMethod):
         fuse_channel: int = 0,
     ) -> None:
         super().__init__(model, target=target)
-        if callable(target):
-            raise ValueError(
-                "target: CAM reads the weights of one output unit of the linear head; pass "
-                "None or an int, not a callable"
-            )
         self.features_spec = features
         self.head_spec = head
         self.fuse_intensity = bool(fuse_intensity)
@@ -229,70 +118,137 @@ class CAM(AttentionMethod):
         """The resolved layers (``None`` until the first call)."""
         return self._layers
 
-    def _weights(self, head: nn.Module, channels: Sequence[int]) -> list[Tensor]:
-        if not isinstance(head, nn.Linear):
-            raise ValueError(f"head must be an nn.Linear, got {type(head).__name__}")
-        row = 0 if self.target is None else int(self.target)  # type: ignore[arg-type]
-        if self.target is None and head.out_features != 1:
-            raise ValueError(
-                f"the head has {head.out_features} outputs; pass target=<output index>"
+    def _discover(self, x: Tensor) -> CAMLayers:
+        try:
+            return discover_cam_layers(
+                self.model,
+                x,
+                head=self.head_spec,
+                features=self.features_spec,
+                target=self.target,
             )
-        if not -head.out_features <= row < head.out_features:
-            raise ValueError(f"target={row} is out of range for a head with {head.out_features}")
-        if sum(channels) != head.in_features:
-            raise ValueError(
-                f"features: the feature maps have {sum(channels)} channels in total but the "
-                f"head takes {head.in_features} inputs"
+        except AttentionUndefinedError as e:
+            if e.reason != "one_voxel":
+                raise
+            seen_index = last_pool_index(self.model, x)
+            size = None if seen_index is None else smallest_input(self.model, x, seen_index)
+            hint = (
+                f" The smallest input giving >= 2 voxels per axis is {size}."
+                if size
+                else " No input up to 8x larger gives >= 2 voxels per axis."
             )
-        w = head.weight[row]
-        out, j = [], 0
-        for c in channels:
-            out.append(w[j : j + c])
-            j += c
-        return out
+            raise AttentionUndefinedError("one_voxel", str(e) + hint) from None
+
+    def _features(self, x: Tensor, layers: CAMLayers) -> tuple[list[Tensor], Tensor, Tensor, Any]:
+        """One forward pass: the pooled feature maps, the head's weight row and bias."""
+        model = self.model
+        named = dict(model.named_modules())
+        feats: dict[int, Tensor] = {}
+        lin: list[tuple[Tensor, Tensor | None]] = []
+        if layers.pools is None:  # explicit modules, read with forward hooks
+            captured: dict[int, list[Tensor]] = {i: [] for i in range(len(layers.features))}
+
+            def make_hook(i: int) -> Callable[[nn.Module, Any, Any], None]:
+                def hook(mod: nn.Module, inp: Any, out: Any) -> None:
+                    captured[i].append(out)
+
+                return hook
+
+            with instrumented(model) as ins:
+                for i, (name, _call) in enumerate(layers.features):
+                    ins.forward_hook(named[name], make_hook(i))
+                output = model(x)
+            for i, (name, call) in enumerate(layers.features):
+                if not captured[i]:
+                    raise RuntimeError(f"features: {name!r} was not called in the forward pass")
+                feats[i] = captured[i][call]
+            head = named[layers.head]
+            weight, bias = head.weight, head.bias
+        else:
+            want = {p.index: i for i, p in enumerate(layers.pools)}
+            hidx = layers.head_call
+
+            def on_pool(call: PoolCall, f: Tensor, pooled: Tensor) -> None:
+                if call.index in want:
+                    feats[want[call.index]] = f
+
+            def on_linear(i: int, inp: Tensor, w: Tensor, b: Tensor | None, o: Tensor) -> None:
+                if i == hidx:
+                    lin.append((w, b))
+
+            with (
+                instrumented(model),
+                ForwardWatch(x.shape[0], x.ndim, on_pool=on_pool, on_linear=on_linear),
+            ):
+                output = model(x)
+            if len(feats) != len(layers.pools) or not lin:
+                raise RuntimeError(
+                    "CAM: the forward pass no longer makes the pooling/linear calls found on "
+                    "the first call (data-dependent control flow?); create a new Detector"
+                )
+            weight, bias = lin[0]
+        ordered = [feats[i] for i in range(len(layers.features))]
+        b0 = weight.new_zeros(()) if bias is None else bias[layers.row]
+        return ordered, weight[layers.row], b0, output
 
     def compute(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        model = self.model
         if self._layers is None:
-            self._layers = discover_cam_layers(
-                model, x, head=self.head_spec, features=self.features_spec
-            )
+            with torch.inference_mode(False):
+                self._layers = self._discover(x)
         layers = self._layers
-        named = dict(model.named_modules())
-        head = named[layers.head]
-        captured: dict[int, list[Tensor]] = {i: [] for i in range(len(layers.features))}
-
-        def make_hook(i: int) -> Any:
-            def hook(mod: nn.Module, inp: Any, out: Any) -> None:
-                captured[i].append(out)
-
-            return hook
-
-        with instrumented(model) as ins, torch.inference_mode():
-            for i, (name, _call) in enumerate(layers.features):
-                ins.forward_hook(named[name], make_hook(i))
-            output = model(x)
-            y = select_target(output, None if self.target is None else self.target, x.shape[0])
-            feats = []
-            for i, (name, call) in enumerate(layers.features):
-                outs = captured[i]
-                if not outs:
-                    raise RuntimeError(f"features: {name!r} was not called in the forward pass")
-                feats.append(outs[call])
-            ws = self._weights(head, [f.shape[1] for f in feats])
+        with torch.inference_mode():
+            feats, w, bias, output = self._features(x, layers)
+            y = select_target(output, self.target, x.shape[0])
+            total = sum(f.shape[1] for f in feats)
+            if total != w.shape[0]:
+                raise ValueError(
+                    f"features: the feature maps have {total} channels in total but the head "
+                    f"takes {w.shape[0]} inputs"
+                )
             size = x.shape[2:]
             maps = None
-            for f, w in zip(feats, ws, strict=True):
+            means = torch.zeros_like(y, dtype=torch.float64)
+            j = 0
+            for f, scale in zip(feats, layers.scales, strict=True):
+                c = f.shape[1]
                 # Σ_k w_k f_k as one (K,) @ (B, K, S) product. torch.einsum (and matmul with
                 # a weight that requires grad) first copy f to (B, S, K): ~20-50x slower.
-                wk = w.detach().to(f.dtype)
+                wk = w[j : j + c].detach().to(f.dtype)
+                j += c
                 m = torch.matmul(wk, f.flatten(2)).reshape(f.shape[0], *f.shape[2:])
+                if scale != 1.0:
+                    m = m * scale
+                means += m.flatten(1).double().mean(1)
+                if any(s * 16 < n for s, n in zip(f.shape[2:], size, strict=True)):
+                    warn_once(
+                        self,
+                        f"the CAM features have shape {list(f.shape[2:])} for an input of "
+                        f"{list(size)}: coarser than 1/16 of the input per axis; the map is "
+                        "blurred by upsampling (a larger input or grad_cam on an earlier "
+                        "layer gives finer maps)",
+                    )
                 m = upsample_to(m, size)
                 maps = m if maps is None else maps + m
             assert maps is not None
+            _check_identity(means + float(bias), y, layers)
             if self.fuse_intensity:
                 maps = fuse_with_intensity(maps, x[:, self.fuse_channel])
             return maps.to(x.dtype), y
+
+
+def _check_identity(pred: Tensor, y: Tensor, layers: CAMLayers) -> None:
+    """``Σ_s scale_s · mean(Σ_k w_k f_k) + bias`` must be the explained output."""
+    yd = y.detach().double()
+    tol = 1e-4 * max(1.0, float(yd.abs().max()), float(pred.abs().max()))
+    if yd.dtype == torch.float64 and y.dtype == torch.float64:
+        tol = 1e-9 * max(1.0, float(yd.abs().max()))
+    err = float((pred - yd).abs().max())
+    if not err <= tol:
+        raise ValueError(
+            f"CAM identity failed: mean(map) + bias differs from the output by {err:.3g} "
+            f"(features {[n for n, _ in layers.features]}, head {layers.head!r}); the "
+            "features are not what the head pools. Check features=/head=, or use 'auto'"
+        )
 
 
 def _rescale01(t: Tensor) -> Tensor:

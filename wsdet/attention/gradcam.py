@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from wsdet.attention.base import (
     AttentionMethod,
+    AttentionUndefinedError,
     LayerSpec,
     Target,
     instrumented,
@@ -89,9 +90,10 @@ def discover_gradcam_layer(model: nn.Module, x: Tensor) -> tuple[str, nn.Module,
         layers = discover_cam_layers(model, x)
     except ValueError:
         layers = None
-    if layers is not None and len(layers.features) == 1:
+    named = dict(model.named_modules())
+    if layers is not None and len(layers.features) == 1 and layers.features[0][0] in named:
         name, call = layers.features[0]
-        return name, dict(model.named_modules())[name], call
+        return name, named[name], call
     return _last_spatial_module(model, x)
 
 
@@ -131,7 +133,6 @@ class GradCAM(AttentionMethod):
     'cat2'
     """
 
-    name: ClassVar[str] = "grad_cam"
     needs_grad: ClassVar[bool] = True
 
     def __init__(
@@ -192,6 +193,13 @@ class GradCAM(AttentionMethod):
                 raise ValueError(
                     f"layer: {name!r} returned shape {tuple(f.shape)}; grad_cam needs feature "
                     f"maps (B={b}, C, *S) with {x.ndim - 2} spatial dims like the input"
+                )
+            if f[0, 0].numel() == 1:
+                raise AttentionUndefinedError(
+                    "one_voxel",
+                    f"layer: {name!r} returns a single voxel per channel {list(f.shape)} for an "
+                    f"input of size {list(x.shape[2:])}, so the Grad-CAM map would be "
+                    "constant; choose an earlier layer (layer=...) or a larger input",
                 )
             y = select_target(output, self.target, b)
             g = _differentiate(y, f, f"the output of layer {name!r}")

@@ -163,7 +163,6 @@ class InputGradient(AttentionMethod):
     torch.Size([2, 16, 16])
     """
 
-    name: ClassVar[str] = "grad"
     needs_grad: ClassVar[bool] = True
 
     def __init__(
@@ -363,8 +362,6 @@ class GuidedBackprop(InputGradient):
     >>> det.attention(torch.rand(2, 1, 16, 16)).shape
     torch.Size([2, 16, 16])
     """
-
-    name: ClassVar[str] = "guided_backprop"
 
     def _forward(self, x: Tensor) -> Any:
         mode = _GuideReLUs()

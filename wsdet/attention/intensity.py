@@ -47,7 +47,6 @@ class Intensity(AttentionMethod):
     True
     """
 
-    name: ClassVar[str] = "intensity"
     needs_grad: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, *, target: Target = None, channel: int = 0) -> None:
