@@ -208,14 +208,14 @@ class ForwardWatch(TorchFunctionMode):
         self.n_linear = 0
         # flatten(t, 2) / t.view(B, C, -1) results -> t, so that a mean over the flattened
         # axis is seen as a spatial mean of t. Weak on both sides: nothing is kept alive.
-        self._flat: dict[int, tuple[weakref.ref[Tensor], weakref.ref[Tensor]]] = {}
+        self._flat: dict[int, tuple[weakref.ref[Tensor], weakref.ref[Tensor], torch.Size]] = {}
 
     def _source(self, t: Tensor) -> Tensor:
         entry = self._flat.get(id(t))
         if entry is not None and entry[0]() is t:
             src = entry[1]()
-            if src is not None:
-                return src
+            # a temporary flattened in inference mode may be gone: its values are t's
+            return src if src is not None else t.reshape(entry[2])
         return t
 
     def __torch_function__(
@@ -252,7 +252,7 @@ class ForwardWatch(TorchFunctionMode):
                 and out.ndim == 3
                 and tuple(out.shape) == (b, t.shape[1], math.prod(t.shape[2:]))
             ):
-                self._flat[id(out)] = (weakref.ref(out), weakref.ref(t))
+                self._flat[id(out)] = (weakref.ref(out), weakref.ref(t), t.shape)
             return result
         try:
             operand, kind = _pooled_operand(func, args, kwargs)
