@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from functools import partial
 
@@ -12,6 +13,7 @@ from scipy import ndimage as ndi
 
 from wsdet.metrics import (
     PAPER_MAX_FP,
+    TruncatedDetectionsWarning,
     bootstrap,
     detect_on_slice,
     evaluate,
@@ -21,6 +23,7 @@ from wsdet.metrics import (
     match_images,
     middle_slice,
     operating_point,
+    round_half_up,
     top_n,
 )
 
@@ -164,6 +167,91 @@ def test_evaluate_validation():
         evaluate(dets[:1], [np.zeros((2, 2, 2))], match="boxes")
     with pytest.raises(ValueError, match="count must be finite"):
         top_n([[0, 0]], [1.0], float("inf"))
+    with pytest.raises(ValueError, match="n must be finite"):
+        round_half_up(float("nan"))
+
+
+def test_top_n_uses_the_one_rounding_rule():
+    sc = np.linspace(1.0, 0.0, 12)
+    pts = np.arange(24.0).reshape(12, 2)
+    for c in (0.0, 0.5, 1.49999, 2.5, 3.5, 4.5, 11.7, -2.0, 40.0):
+        assert top_n(pts, sc, c)[0].shape[0] == min(round_half_up(c), 12)
+
+
+# ---------------------------------------------------------------------------------------
+# where the curve ends: extrapolated readings, truncated detections
+
+
+@dataclass
+class TopN:
+    """Duck-typed detections that know how many NMS candidates they were cut from."""
+
+    points: np.ndarray
+    scores: np.ndarray
+    count: float
+    n_candidates: int
+
+
+def hand_example():
+    # image 0: TP (0.9), FP (0.5); image 1: FP (0.4). N = 2, L = 1.
+    # curve: fp_avg 0, 0, 0.5, 1.0; sensitivity 0, 1, 1, 1 -> it ends at 1 FP/image
+    dets = [([[0, 0], [20, 20]], [0.9, 0.5], 1.0), ([[5, 5]], [0.4], 0.3)]
+    return dets, [np.array([[0.0, 1.0]]), np.zeros((0, 2))]
+
+
+def test_report_marks_readings_beyond_the_end_of_the_curve():
+    dets, gts = hand_example()
+    rep = evaluate(dets, gts, n_bootstrap=0)  # FAUC 0-15, budgets 0.25 ... 8
+    assert rep.end_fp_avg == 1.0 and rep.curve.fp_avg.tolist() == [0, 0, 0.5, 1.0]
+    assert rep.extrapolated(2.0) and not rep.extrapolated(1.0)
+    text = str(rep)
+    lines = {line.split("  ")[0]: line for line in text.splitlines()}
+    assert "FAUC (0-15 FP/image)*" in lines
+    assert "FROC score (0.25, 0.5, 1, 2*, 4*, 8*)" in lines
+    for f in ("0.25", "0.5", "1"):
+        assert f"Sensitivity @ {f} FP/image" in lines
+    for f in ("2", "4", "8"):
+        assert f"Sensitivity @ {f} FP/image*" in lines
+    assert lines["FROC curve ends at (FP/image)"].endswith("1.0000")
+    assert text.splitlines()[-1].startswith(
+        "* extrapolated: the FROC curve ends at 1 FP/image (sensitivity 1.0000)"
+    )
+    md = rep.to_markdown()
+    assert "| FAUC (0-15 FP/image)* |" in md and "\\* extrapolated" in md
+    d = rep.to_dict()
+    assert d["end_fp_avg"] == 1.0 and d["n_truncated"] == 0
+    assert d["extrapolated"] == {"fauc": True, "fps": [2.0, 4.0, 8.0]}
+    # within the curve: nothing marked, no note
+    inside = evaluate(dets, gts, n_bootstrap=0, max_fp=1.0, fps=(0.5, 1.0))
+    assert "*" not in str(inside)
+    assert not any("*" in line for line in inside.to_markdown().splitlines()[1:])
+    assert inside.to_dict()["extrapolated"] == {"fauc": False, "fps": []}
+
+
+def test_evaluate_warns_when_detections_were_cut_to_top_n():
+    dets, gts = hand_example()
+    cut = [TopN(np.asarray(p, float), np.asarray(s), c, 3) for p, s, c in dets]
+    with pytest.warns(TruncatedDetectionsWarning, match="2 of 2 images") as rec:
+        rep = evaluate(cut, gts, n_bootstrap=0)
+    msg = str(rec[0].message)
+    assert "detections[0]: 2 of 3" in msg and "ends early, at 1 FP/image" in msg
+    assert 'detect(x, n="all")' in msg and 'detect_maps(maps, n="all")' in msg
+    assert "operating point still uses the predicted counts" in msg
+    assert issubclass(TruncatedDetectionsWarning, UserWarning)
+    assert rep.n_truncated == 2 and rep.to_dict()["n_truncated"] == 2
+    assert "2 of 2 images were cut to their top-n" in str(rep)
+    assert "Images cut to top-n detections" in str(rep)
+    # every candidate kept, unknown (-1) or absent n_candidates: no warning
+    full = [TopN(d.points, d.scores, d.count, len(d.scores)) for d in cut]
+    unknown = [TopN(d.points, d.scores, d.count, -1) for d in cut]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TruncatedDetectionsWarning)
+        for ok in (full, unknown, dets, [Dets(d.points, d.scores, d.count) for d in cut]):
+            assert evaluate(ok, gts, n_bootstrap=0).n_truncated == 0
+    # only the image that was cut counts
+    one = [cut[0], full[1]]
+    with pytest.warns(TruncatedDetectionsWarning, match="1 of 2 images"):
+        assert evaluate(one, gts, n_bootstrap=0).n_truncated == 1
 
 
 # ---------------------------------------------------------------------------------------

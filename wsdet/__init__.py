@@ -20,6 +20,7 @@ _LAZY = {
     "available_methods": "wsdet.attention",
     "register_method": "wsdet.attention",
     "Detections": "wsdet.detection",
+    "detect_maps": "wsdet.detection",
     "find_peaks": "wsdet.detection",
     "Detector": "wsdet.detector",
 }
@@ -30,13 +31,14 @@ __all__ = [
     "Detector",
     "__version__",
     "available_methods",
+    "detect_maps",
     "find_peaks",
     "register_method",
 ]
 
 if TYPE_CHECKING:
     from wsdet.attention import AttentionMethod, available_methods, register_method
-    from wsdet.detection import Detections, find_peaks
+    from wsdet.detection import Detections, detect_maps, find_peaks
     from wsdet.detector import Detector
 
 

@@ -11,7 +11,9 @@ The pipeline, per the paper (Section 3.7) and ``docs/metrics.md``:
 4. bootstrap images for standard deviations and comparisons (:func:`bootstrap`,
    :func:`paired_bootstrap`).
 
-:func:`evaluate` does all of it in one call and returns a printable report.
+:func:`evaluate` does all of it in one call and returns a printable report; it warns
+(:class:`TruncatedDetectionsWarning`) when given only the top-n of some images' candidates.
+:func:`round_half_up` is wsdet's one top-n rule (also used by :mod:`wsdet.detection`).
 No torch import anywhere in this package.
 """
 
@@ -42,7 +44,14 @@ from wsdet.metrics.matching import (
     match_images,
     match_points,
 )
-from wsdet.metrics.report import PAPER_MAX_FP, EvaluationReport, evaluate, top_n
+from wsdet.metrics.report import (
+    PAPER_MAX_FP,
+    EvaluationReport,
+    TruncatedDetectionsWarning,
+    evaluate,
+    round_half_up,
+    top_n,
+)
 from wsdet.metrics.slices import SliceDetections, detect_on_slice, middle_slice
 
 __all__ = [
@@ -57,6 +66,7 @@ __all__ = [
     "OperatingPoint",
     "PairedBootstrapResult",
     "SliceDetections",
+    "TruncatedDetectionsWarning",
     "bootstrap",
     "bootstrap_weights",
     "compare_annotations",
@@ -71,6 +81,7 @@ __all__ = [
     "middle_slice",
     "operating_point",
     "paired_bootstrap",
+    "round_half_up",
     "sensitivity_at_fp",
     "top_n",
     "weighted_froc_curves",

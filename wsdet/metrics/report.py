@@ -1,8 +1,14 @@
-"""One-call evaluation of point detections: FAUC with bootstrap error, operating point, counts."""
+"""One-call evaluation of point detections: FAUC with bootstrap error, operating point, counts.
+
+This module also holds wsdet's one top-n rule, :func:`round_half_up` (the number of
+detections kept for a predicted count), which :mod:`wsdet.detection` re-exports: it is
+torch-free so that the detection pipeline and the evaluation share it.
+"""
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -37,11 +43,63 @@ from wsdet.metrics.froc import (
 )
 from wsdet.metrics.matching import Duplicates, MatchKind, MatchResult, Tiebreak, match_images
 
-__all__ = ["PAPER_MAX_FP", "EvaluationReport", "evaluate", "top_n"]
+__all__ = [
+    "PAPER_MAX_FP",
+    "EvaluationReport",
+    "TruncatedDetectionsWarning",
+    "evaluate",
+    "round_half_up",
+    "top_n",
+]
 
 #: The paper's FAUC ranges: 0-2 false positives per image on MNIST (box hits), 0-15 per
 #: brain region (point hits within 6 voxels). ``evaluate(max_fp=None)`` picks by ``match``.
 PAPER_MAX_FP: dict[str, float] = {"boxes": 2.0, "points": 15.0}
+
+
+class TruncatedDetectionsWarning(UserWarning):
+    """:func:`evaluate` was given only the top-n of some images' NMS candidates.
+
+    The FROC curve then ends early (at the false-positive rate of the kept detections), and
+    FAUC and sensitivities read beyond that point are flat extrapolations. Evaluate every
+    candidate (``Detector.detect(x, n="all")``, ``wsdet.detect_maps(maps, n="all")``); the
+    operating point is still taken from the predicted counts.
+    """
+
+
+def round_half_up(n: float, *, name: str = "n") -> int:
+    """``max(0, floor(n + 0.5))``: round half up, never negative. wsdet's one top-n rule.
+
+    The number of detections kept for a predicted count ``n``. Python's ``round`` and
+    NumPy round half to even (``round(2.5) == 2``); detection counts should not depend on
+    the parity of the integer part.
+
+    Parameters
+    ----------
+    n : float
+        A finite real number.
+    name : str
+        The argument's name in the error message.
+
+    Returns
+    -------
+    int
+        ``max(0, floor(n + 0.5))``.
+
+    Raises
+    ------
+    ValueError
+        If ``n`` is NaN or infinite.
+
+    Examples
+    --------
+    >>> round_half_up(2.5), round_half_up(0.49), round_half_up(-1.2)
+    (3, 0, 0)
+    """
+    x = float(n)
+    if not math.isfinite(x):
+        raise ValueError(f"{name} must be finite to round, got {n!r}")
+    return max(0, math.floor(x + 0.5))
 
 
 @dataclass(frozen=True, eq=False)
@@ -73,6 +131,13 @@ class EvaluationReport:
         The evaluation options, for the record.
     curve : FROC
         The full FROC curve, for plotting.
+    n_truncated : int
+        Images whose detections were only the top-n of their NMS candidates (see
+        :class:`TruncatedDetectionsWarning`).
+
+    The curve ends at :attr:`end_fp_avg` false positives per image; readings beyond it (the
+    FAUC range, FROC-score budgets, sensitivities) hold its last sensitivity flat and are
+    marked ``*`` (extrapolated) in the printed report.
     """
 
     fauc: BootstrapResult
@@ -93,6 +158,36 @@ class EvaluationReport:
     fps: tuple[float, ...]
     settings: dict[str, Any]
     curve: FROC[float] = field(repr=False)
+    n_truncated: int = 0
+
+    @property
+    def end_fp_avg(self) -> float:
+        """False positives per image at the FROC curve's last point (where it ends)."""
+        return float(self.curve.fp_avg[-1])
+
+    def extrapolated(self, fp: float) -> bool:
+        """Whether a reading at ``fp`` FP per image lies beyond the curve's last point."""
+        return float(fp) > self.end_fp_avg
+
+    def _mark(self, fp: float) -> str:
+        return "*" if self.extrapolated(fp) else ""
+
+    def _footnote(self) -> str:
+        """The note explaining ``*`` (empty when nothing is extrapolated)."""
+        if not (self.extrapolated(self.max_fp) or any(self.extrapolated(f) for f in self.fps)):
+            return ""
+        end_s = float(self.curve.sensitivity[-1])
+        sens = "nan" if not math.isfinite(end_s) else f"{end_s:.4f}"
+        note = (
+            f"* extrapolated: the FROC curve ends at {self.end_fp_avg:.4g} FP/image "
+            f"(sensitivity {sens}); beyond it the sensitivity is held flat."
+        )
+        if self.n_truncated:
+            note += (
+                f" {self.n_truncated} of {self.n_images} images were cut to their top-n "
+                'detections: evaluate every candidate (detect(x, n="all")) for the full curve.'
+            )
+        return note
 
     def _rows(self) -> list[tuple[str, str, str, str]]:
         def fmt(x: float) -> str:
@@ -106,14 +201,16 @@ class EvaluationReport:
         def row(name: str, b: BootstrapResult) -> tuple[str, str, str, str]:
             return (name, fmt(b.estimate), fmt(b.sd), ci(b))
 
+        budgets = ", ".join(f"{f:g}{self._mark(f)}" for f in self.fps)
         rows = [
-            row(f"FAUC (0-{self.max_fp:g} FP/image)", self.fauc),
-            row(f"FROC score ({', '.join(f'{f:g}' for f in self.fps)})", self.froc_score),
+            row(f"FAUC (0-{self.max_fp:g} FP/image){self._mark(self.max_fp)}", self.fauc),
+            row(f"FROC score ({budgets})", self.froc_score),
         ]
         rows += [
-            (f"Sensitivity @ {f:g} FP/image", fmt(s), "", "")
+            (f"Sensitivity @ {f:g} FP/image{self._mark(f)}", fmt(s), "", "")
             for f, s in self.sensitivity_at.items()
         ]
+        rows.append(("FROC curve ends at (FP/image)", fmt(self.end_fp_avg), "", ""))
         if self.op_sensitivity is not None and self.op_fp_avg is not None:
             rows.append(row("Operating point: sensitivity", self.op_sensitivity))
             rows.append(row("Operating point: FP/image", self.op_fp_avg))
@@ -132,6 +229,8 @@ class EvaluationReport:
                 "",
             ),
         ]
+        if self.n_truncated:
+            rows.append(("Images cut to top-n detections", str(self.n_truncated), "", ""))
         return rows
 
     def _header(self) -> tuple[str, str, str, str]:
@@ -160,6 +259,9 @@ class EvaluationReport:
             )
             if n == 0:
                 lines.append("  ".join("-" * w for w in widths))
+        note = self._footnote()
+        if note:
+            lines.append(note)
         return "\n".join(lines)
 
     def to_markdown(self) -> str:
@@ -172,6 +274,9 @@ class EvaluationReport:
             "|" + "|".join(["---", "---:", "---:", "---:"]) + "|",
         ]
         lines += ["| " + " | ".join(r) + " |" for r in self._rows()]
+        note = self._footnote()
+        if note:
+            lines += ["", note.replace("*", "\\*", 1)]
         return "\n".join(lines)
 
     def to_dict(self, include_curve: bool = False) -> dict[str, Any]:
@@ -209,6 +314,12 @@ class EvaluationReport:
             "n_tp": self.n_tp,
             "n_fp": self.n_fp,
             "n_not_counted": self.n_not_counted,
+            "n_truncated": self.n_truncated,
+            "end_fp_avg": self.end_fp_avg,
+            "extrapolated": {
+                "fauc": self.extrapolated(self.max_fp),
+                "fps": [f for f in self.fps if self.extrapolated(f)],
+            },
             "settings": dict(self.settings),
         }
         if include_curve:
@@ -226,7 +337,7 @@ class EvaluationReport:
 def top_n(
     points: ArrayLike, scores: ArrayLike, count: float
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """The ``max(0, floor(count + 0.5))`` highest-scoring detections (round half up).
+    """The :func:`round_half_up` ``(count)`` highest-scoring detections.
 
     Ties at the cut keep the input order (a stable sort), so detections already ordered by
     score then raster index keep that order.
@@ -237,27 +348,29 @@ def top_n(
     >>> p.tolist(), s.tolist()
     ([[1.0, 1.0], [2.0, 2.0]], [0.9, 0.5])
     """
-    c = float(count)
-    if not math.isfinite(c):
-        raise ValueError(f"count must be finite; got {count!r}")
+    n = round_half_up(count, name="count")
     pts = as_points(points, "points")
     sc = as_scores(scores, "scores", pts.shape[0])
-    n = max(0, math.floor(c + 0.5))
     order = np.argsort(-sc, kind="stable")[:n]
     return pts[order], sc[order]
 
 
 def _parse_detections(
     detections: Sequence[Any],
-) -> tuple[list[Any], list[Any], list[float]]:
+) -> tuple[list[Any], list[Any], list[float], list[int]]:
     items = as_sequence(detections, "detections")
     points: list[Any] = []
     scores: list[Any] = []
     counts: list[float] = []
+    candidates: list[int] = []
     for n, d in enumerate(items):
+        k = -1
         if hasattr(d, "points") and hasattr(d, "scores"):
             p, s = d.points, d.scores
             c = getattr(d, "count", None)
+            nc = getattr(d, "n_candidates", None)
+            if isinstance(nc, (int, np.integer)) and not isinstance(nc, bool):
+                k = int(nc)
         elif isinstance(d, (tuple, list)) and len(d) in (2, 3):
             p, s = d[0], d[1]
             c = d[2] if len(d) == 3 else None
@@ -271,7 +384,22 @@ def _parse_detections(
         points.append(p)
         scores.append(s)
         counts.append(float("nan") if c is None else c)
-    return points, scores, counts
+        candidates.append(k)
+    return points, scores, counts, candidates
+
+
+def _warn_truncated(cut: list[tuple[int, int, int]], n_images: int, end_fp: float) -> None:
+    """Warn that ``cut`` images (index, kept, candidates) hold only their top-n detections."""
+    i, kept, total = cut[0]
+    warnings.warn(
+        f"{len(cut)} of {n_images} images hold fewer detections than their NMS candidates "
+        f"(e.g. detections[{i}]: {kept} of {total}): the FROC curve ends early, at "
+        f"{end_fp:.4g} FP/image, and FAUC and sensitivities beyond it are flat "
+        'extrapolations. Evaluate every candidate with detect(x, n="all") or '
+        'detect_maps(maps, n="all"); the operating point still uses the predicted counts.',
+        TruncatedDetectionsWarning,
+        stacklevel=3,
+    )
 
 
 def evaluate(
@@ -302,7 +430,9 @@ def evaluate(
         One entry per image: an object with ``points`` ``(k, ndim)``, ``scores`` ``(k,)``
         and optionally ``count`` (the predicted count; ``nan`` or absent when unknown), such
         as :class:`wsdet.Detections`; or a ``(points, scores)`` / ``(points, scores, count)``
-        tuple. Pass all candidates (not only the top-n) for a full FROC curve.
+        tuple. Pass all candidates (not only the top-n) for a full FROC curve: entries whose
+        ``n_candidates`` attribute (when present and ``>= 0``) exceeds their number of
+        points raise a :class:`TruncatedDetectionsWarning`.
     targets : sequence
         One entry per image: ``(m, ndim)`` target points (``match="points"``), or boxes as
         a ``(lo, hi)`` pair of ``(m, ndim)`` arrays or an ``(m, 2, ndim)`` array
@@ -335,7 +465,13 @@ def evaluate(
     Returns
     -------
     EvaluationReport
-        Printable (``str``), with ``to_dict()`` and ``to_markdown()``.
+        Printable (``str``), with ``to_dict()`` and ``to_markdown()``. Readings beyond the
+        curve's last point are marked ``*`` (extrapolated, flat).
+
+    Warns
+    -----
+    TruncatedDetectionsWarning
+        When some images carry only the top-n of their NMS candidates.
 
     Examples
     --------
@@ -358,7 +494,7 @@ def evaluate(
         raise ValueError("fps must contain at least one false-positive budget")
     for f in budgets:
         as_positive_float(f, "fps", allow_zero=True)
-    points, scores, counts = _parse_detections(detections)
+    points, scores, counts, candidates = _parse_detections(detections)
     tg = as_sequence(targets, "targets")
     if len(tg) != len(points):
         raise ValueError(
@@ -377,6 +513,13 @@ def evaluate(
     }
     results = match_images(points, scores, tg, ignore=ignore, **options)
     curve = froc_curve(results, compat=compat, sensitivity=sensitivity)
+    cut = [
+        (i, r.det_label.size, k)
+        for i, (r, k) in enumerate(zip(results, candidates, strict=True))
+        if k > r.det_label.size
+    ]
+    if cut:
+        _warn_truncated(cut, len(results), float(curve.fp_avg[-1]))
 
     def boot(
         metric: Any, res: Sequence[MatchResult], horizon: float | None, cmp: Compat | None
@@ -450,6 +593,7 @@ def evaluate(
             "seed": seed,
         },
         curve=curve,
+        n_truncated=len(cut),
     )
 
 
