@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Literal, Union
+from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -19,18 +18,9 @@ from wsdet.attention.base import (
     select_target,
     warn_once,
 )
-from wsdet.detection import (
-    Detections,
-    Negatives,
-    SizeArg,
-    apply_negatives,
-    find_peaks_batch,
-    round_half_up,
-)
+from wsdet.detection import Detections, NArg, Negatives, SizeArg, detect_maps, parse_n
 
 __all__ = ["Detector"]
-
-NArg = Union[None, int, float, Sequence[Union[int, float]], Literal["all"]]
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV_NDIM: dict[type[nn.Module], int] = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
@@ -261,8 +251,11 @@ class Detector:
         size: SizeArg = 6,
         negatives: Negatives = "clip",
         min_value: float | None = None,
+        tile_size: Sequence[int] | None = None,
+        tile_halo: int | Sequence[int] | None = None,
+        batch_size: int | None = None,
     ) -> list[Detections]:
-        """Point detections per image.
+        """Point detections per image: attention, then :func:`wsdet.detect_maps`.
 
         Parameters
         ----------
@@ -271,67 +264,28 @@ class Detector:
         n : None, int, sequence of int, or "all"
             How many candidates to keep per image: ``None`` keeps the rounded predicted
             count (``max(0, floor(count + 0.5))``), an int or one number per image keeps
-            that many (rounded half up), ``"all"`` keeps every candidate.
+            that many (rounded half up), ``"all"`` keeps every candidate (use it for a
+            FROC curve: :func:`wsdet.metrics.evaluate` warns on truncated detections).
         size : int or sequence of int
             Maximum-filter size of the NMS (default 6, as in the paper).
         negatives : {"clip", "abs", "keep"}
             What to do with negative map values before NMS (the paper clips).
         min_value : float, optional
             Candidates must exceed it (default: each map's minimum).
+        tile_size, tile_halo, batch_size
+            As in :meth:`attention_and_count`.
 
         Returns
         -------
         list of Detections
             One per image: ``points`` (k, ndim) int64 index coordinates in array axis order,
-            ``scores`` (k,), ``count`` (the model's prediction).
+            ``scores`` (k,), ``count`` (the model's prediction), ``n_candidates``.
         """
         b = x.shape[0] if isinstance(x, Tensor) and x.ndim >= 1 else 0
-        ns = self._parse_n(n, b)
-        maps, counts = self.attention_and_count(x)
-        maps = apply_negatives(maps, negatives)
-        peaks = find_peaks_batch(maps.detach(), size=size, min_value=min_value)
-        counts_np = counts.detach().float().cpu().numpy()
-        out = []
-        for i, (coords, scores) in enumerate(peaks):
-            c = float(counts_np[i])
-            if ns[i] == "all":
-                k = coords.shape[0]
-            elif ns[i] is None:
-                k = round_half_up(c) if np.isfinite(c) else 0
-            else:
-                k = round_half_up(float(ns[i]))  # type: ignore[arg-type]
-            out.append(
-                Detections(
-                    points=coords[:k].cpu().numpy(),
-                    scores=scores[:k].detach().float().cpu().numpy(),
-                    count=c,
-                    n_candidates=int(coords.shape[0]),
-                )
-            )
-        return out
-
-    @staticmethod
-    def _parse_n(n: NArg, b: int) -> list[Any]:
-        def ok(v: Any) -> bool:
-            return bool(
-                isinstance(v, (int, float, np.integer, np.floating))
-                and not isinstance(v, bool)
-                and np.isfinite(v)
-                and v >= 0
-            )
-
-        if n is None or (isinstance(n, str) and n == "all"):
-            return [n] * b
-        if ok(n):
-            return [n] * b
-        if isinstance(n, (Sequence, np.ndarray, Tensor)) and not isinstance(n, str):
-            vals = list(n.tolist() if isinstance(n, (np.ndarray, Tensor)) else n)
-            if len(vals) != b or not all(ok(v) for v in vals):
-                raise ValueError(
-                    f"n must be None, 'all', a non-negative number, or {b} non-negative "
-                    f"numbers (one per image), got {n!r}"
-                )
-            return vals
-        raise ValueError(
-            f"n must be None, 'all', a non-negative number, or one number per image, got {n!r}"
+        parse_n(n, b)  # fail before the model runs
+        maps, counts = self.attention_and_count(
+            x, tile_size=tile_size, tile_halo=tile_halo, batch_size=batch_size
+        )
+        return detect_maps(
+            maps, n=n, counts=counts, size=size, negatives=negatives, min_value=min_value
         )
