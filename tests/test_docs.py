@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = ["docs/quickstart.md", "README.md"]
+PAGES = ["docs/quickstart.md", "docs/bring_your_own_model.md", "README.md"]
 
 
 def blocks(path: Path) -> list[str]:

@@ -65,7 +65,9 @@ def _last_spatial_module(model: nn.Module, x: Tensor) -> tuple[str, nn.Module, i
     return found[-1]
 
 
-def discover_gradcam_layer(model: nn.Module, x: Tensor) -> tuple[str, nn.Module, int]:
+def discover_gradcam_layer(
+    model: nn.Module, x: Tensor, target: Target = None
+) -> tuple[str, nn.Module, int]:
     """Find Grad-CAM's default layer on the real input ``x``: ``(name, module, call)``.
 
     In order: the model's declared ``wsdet_layers()["gradcam"]``; the single feature
@@ -87,7 +89,7 @@ def discover_gradcam_layer(model: nn.Module, x: Tensor) -> tuple[str, nn.Module,
         name, mod = resolve_module(model, declared, "wsdet_layers()['gradcam']")
         return name, mod, -1
     try:
-        layers = discover_cam_layers(model, x)
+        layers = discover_cam_layers(model, x, target=target)
     except ValueError:
         layers = None
     named = dict(model.named_modules())
@@ -160,7 +162,7 @@ class GradCAM(AttentionMethod):
     def compute(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Return ``(maps (B, *S), output (B,))`` from one forward and a partial backward."""
         if self._layer is None:
-            self._layer = discover_gradcam_layer(self.model, x)
+            self._layer = discover_gradcam_layer(self.model, x, self.target)
         name, module, call = self._layer
         b = x.shape[0]
         leaves: list[Tensor] = []
