@@ -14,7 +14,7 @@ all: test
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[test,viz,dev,progress]"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[test,viz,dev,progress,nifti]"
 	@touch $(STAMP)
 
 install: $(STAMP)

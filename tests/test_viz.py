@@ -47,9 +47,10 @@ def test_attention_grid_one_panel_per_map() -> None:
     image = np.zeros((5, 7))
     maps = {"a": np.ones((5, 7)), "b": torch.zeros(5, 7), "c": np.eye(5, 7)}
     fig = attention_grid(image, maps, points={"b": [[1, 1]]}, ncols=2)
-    titles = [ax.get_title() for ax in fig.axes]
-    assert titles == ["image", "a", "b", "c"]
-    b = fig.axes[2]
+    panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    assert [ax.get_title() for ax in panels] == ["image", "a", "b", "c"]
+    assert len(fig.axes) - len(panels) == 3  # one colour bar per map
+    b = panels[2]
     np.testing.assert_array_equal(b.collections[0].get_offsets(), [[1, 1]])
     plt.close(fig)
     with pytest.raises(ValueError, match=r"maps\['x'\]"):

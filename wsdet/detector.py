@@ -254,6 +254,8 @@ class Detector:
         tile_size: Sequence[int] | None = None,
         tile_halo: int | Sequence[int] | None = None,
         batch_size: int | None = None,
+        size_mm: float | Sequence[float] | None = None,
+        spacing: Sequence[float] | None = None,
     ) -> list[Detections]:
         """Point detections per image: attention, then :func:`wsdet.detect_maps`.
 
@@ -274,6 +276,11 @@ class Detector:
             Candidates must exceed it (default: each map's minimum).
         tile_size, tile_halo, batch_size
             As in :meth:`attention_and_count`.
+        size_mm : float or sequence of float, optional
+            The NMS window in millimetres instead of ``size`` (with ``spacing``):
+            :func:`wsdet.io.size_in_voxels` voxels per axis.
+        spacing : sequence of float, optional
+            Voxel size per spatial axis in mm (e.g. ``Volume.spacing``), for ``size_mm``.
 
         Returns
         -------
@@ -283,6 +290,24 @@ class Detector:
         """
         b = x.shape[0] if isinstance(x, Tensor) and x.ndim >= 1 else 0
         parse_n(n, b)  # fail before the model runs
+        if size_mm is not None or spacing is not None:
+            from wsdet.io import size_in_voxels
+
+            if size_mm is None or spacing is None:
+                raise ValueError("size_mm and spacing go together (the window in mm needs both)")
+            if size != 6:
+                raise ValueError("give the NMS window as size (voxels) or size_mm, not both")
+            nd = x.ndim - 2 if isinstance(x, Tensor) else -1
+            try:
+                sp = [float(v) for v in spacing]
+            except TypeError:
+                sp = []
+            if nd >= 0 and len(sp) != nd:
+                raise ValueError(
+                    f"spacing must have one voxel size (mm) per spatial axis ({nd}), "
+                    f"got {spacing!r}"
+                )
+            size = size_in_voxels(size_mm, sp)
         maps, counts = self.attention_and_count(
             x, tile_size=tile_size, tile_halo=tile_halo, batch_size=batch_size
         )

@@ -1,19 +1,38 @@
-"""Figures: attention overlays, method grids and FROC curves (needs the ``viz`` extra).
+"""Figures: attention overlays, method grids, 3D views and FROC curves (``viz`` extra).
 
 matplotlib is imported lazily, so ``import wsdet`` never requires it. Every function
 draws on a given axes (or a new figure) and returns the figure; saving is the caller's.
 Points are index coordinates in array axis order, as everywhere in wsdet: a 2D point
 ``(row, col)`` is drawn at ``x=col, y=row``.
+
+Maps are drawn with a colour bar. A signed map (negative and positive values) gets a
+diverging colormap centred on zero (``RdBu_r``, limits ``+-max|map|``); a non-negative
+one a perceptually uniform sequential colormap (``magma``) from 0. Never ``jet``.
+
+3D volumes (:func:`orthogonal_slices`, :func:`mip`) are drawn in three panels named by
+the world axis each array axis runs along (from the affine): axial (fixed S-I), coronal
+(fixed A-P) and sagittal (fixed R-L); each panel's pixels have the voxels' true aspect.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["attention_grid", "overlay", "plot_froc", "save_figure"]
+__all__ = [
+    "FROCBand",
+    "attention_grid",
+    "froc_band",
+    "map_style",
+    "mip",
+    "orthogonal_slices",
+    "overlay",
+    "plot_froc",
+    "save_figure",
+]
 
 
 def _plt() -> Any:
@@ -52,6 +71,33 @@ def _pts(p: Any, name: str) -> np.ndarray:
     return arr
 
 
+def map_style(amap: Any, cmap: str | None = None) -> dict[str, Any]:
+    """``imshow`` keywords for a map: colormap and limits (see the module docstring).
+
+    Examples
+    --------
+    >>> map_style(np.array([-1.0, 3.0]))
+    {'cmap': 'RdBu_r', 'vmin': -3.0, 'vmax': 3.0}
+    >>> map_style(np.array([0.0, 2.0]))
+    {'cmap': 'magma', 'vmin': 0.0, 'vmax': 2.0}
+    """
+    m = np.asarray(amap, dtype=float)
+    lo = float(np.nanmin(m)) if m.size else 0.0
+    hi = float(np.nanmax(m)) if m.size else 1.0
+    if lo < 0:
+        v = max(abs(lo), abs(hi)) or 1.0
+        return {"cmap": cmap or "RdBu_r", "vmin": -v, "vmax": v}
+    return {"cmap": cmap or "magma", "vmin": 0.0, "vmax": hi if hi > 0 else 1.0}
+
+
+def _colorbar(ax: Any, mappable: Any, label: str | None = None) -> Any:
+    cb = ax.figure.colorbar(mappable, ax=ax, fraction=0.046, pad=0.02)
+    if label:
+        cb.set_label(label, fontsize=8)
+    cb.ax.tick_params(labelsize=7)
+    return cb
+
+
 def overlay(
     image: Any,
     amap: Any = None,
@@ -61,12 +107,14 @@ def overlay(
     ax: Any = None,
     title: str | None = None,
     alpha: float = 0.5,
-    cmap: str = "jet",
+    cmap: str | None = None,
+    colorbar: bool = True,
 ) -> Any:
     """Draw an image, optionally its attention map (semi-transparent), detections (red
     crosses) and ground-truth points (green circles).
 
-    Returns the figure.
+    ``cmap=None`` picks by the map's sign (:func:`map_style`); ``colorbar`` adds the map's
+    colour bar. Returns the figure.
     """
     plt = _plt()
     img = _np2d(image, "image")
@@ -79,7 +127,9 @@ def overlay(
         m = _np2d(amap, "amap")
         if m.shape != img.shape:
             raise ValueError(f"amap has shape {m.shape} but image has {img.shape}")
-        ax.imshow(m, cmap=cmap, alpha=alpha, interpolation="nearest")
+        im = ax.imshow(m, alpha=alpha, interpolation="nearest", **map_style(m, cmap))
+        if colorbar:
+            _colorbar(ax, im)
     g = _pts(gt, "gt")
     if len(g):
         ax.scatter(g[:, 1], g[:, 0], s=80, facecolors="none", edgecolors="lime", linewidths=1.5)
@@ -100,8 +150,12 @@ def attention_grid(
     gt: Any = None,
     ncols: int = 4,
     panel_size: float = 3.0,
+    colorbar: bool = True,
 ) -> Any:
-    """One panel with the image (and ``gt``) and one panel per named map (paper Fig. 3)."""
+    """One panel with the image (and ``gt``) and one panel per named map (paper Fig. 3).
+
+    Each map has its own colour scale (:func:`map_style`) and, with ``colorbar``, bar.
+    """
     plt = _plt()
     n = 1 + len(maps)
     ncols = max(1, min(ncols, n))
@@ -115,16 +169,94 @@ def attention_grid(
     overlay(img, gt=gt, ax=flat[0], title="image")
     for ax, (name, m) in zip(flat[1:], maps.items(), strict=False):
         mm = _np2d(m, f"maps[{name!r}]")
-        ax.imshow(mm, cmap="jet", interpolation="nearest")
+        im = ax.imshow(mm, interpolation="nearest", **map_style(mm))
+        if colorbar:
+            _colorbar(ax, im)
         p = _pts((points or {}).get(name), f"points[{name!r}]")
         if len(p):
-            ax.scatter(p[:, 1], p[:, 0], s=30, marker="x", c="white", linewidths=1.2)
+            ax.scatter(p[:, 1], p[:, 0], s=30, marker="x", c="lime", linewidths=1.2)
         ax.set_axis_off()
         ax.set_title(name, fontsize=9)
     for ax in flat[n:]:
         ax.set_axis_off()
     fig.tight_layout()
     return fig
+
+
+@dataclass(frozen=True)
+class FROCBand:
+    """A pointwise bootstrap band of a FROC curve (see :func:`froc_band`).
+
+    Attributes
+    ----------
+    fp : numpy.ndarray
+        ``(G,)`` false positives per image where the band is read.
+    lower, upper : numpy.ndarray
+        ``(G,)`` percentile limits of the replicates' sensitivities.
+    level : float
+        E.g. 0.95 for the 2.5th and 97.5th percentiles.
+    """
+
+    fp: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    level: float
+
+
+def froc_band(
+    results: Sequence[Any],
+    *,
+    fp: Sequence[float] | None = None,
+    max_fp: float = 8.0,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    interpolation: Literal["linear", "step"] = "linear",
+) -> FROCBand:
+    """Percentile band of a FROC curve over bootstrap replicates of the images.
+
+    The images are resampled as in :func:`wsdet.metrics.bootstrap` (multinomial weights,
+    seeded); every replicate's curve is read at each ``fp`` (as
+    :func:`wsdet.metrics.sensitivity_at_fp`), and the band is the pointwise percentile
+    interval. Replicates without targets are left out.
+
+    Parameters
+    ----------
+    results : sequence of wsdet.metrics.MatchResult
+        One per image (:func:`wsdet.metrics.match_images`).
+    fp : sequence of float, optional
+        Where to read the curves; default 200 points from 0 to ``max_fp``.
+    max_fp : float
+        End of the default grid.
+    n_bootstrap, seed : int
+        Replicates and seed.
+    level : float
+        Band level in (0, 1).
+    interpolation : {"linear", "step"}
+        How the curves are read.
+    """
+    from wsdet.metrics import bootstrap_weights, sensitivity_at_fp, weighted_froc_curves
+
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    grid = np.linspace(0.0, float(max_fp), 200) if fp is None else np.asarray(fp, float)
+    if grid.ndim != 1 or grid.size == 0 or (grid < 0).any():
+        raise ValueError("fp must be a non-empty 1D sequence of non-negative numbers")
+    w = bootstrap_weights(len(results), B=n_bootstrap, seed=seed)
+    curves = weighted_froc_curves(results, w)
+    sens = np.stack(
+        [np.asarray(sensitivity_at_fp(curves, float(f), interpolation)) for f in grid], axis=1
+    )
+    ok = np.isfinite(sens).all(axis=1)
+    if not ok.any():
+        raise ValueError("no bootstrap replicate holds a target: the band is undefined")
+    q = 100 * (1 - level) / 2
+    lo, hi = np.percentile(sens[ok], [q, 100 - q], axis=0)
+    return FROCBand(fp=grid, lower=lo, upper=hi, level=float(level))
+
+
+#: LUNA16's FP budgets, the ticks of a log-x FROC plot.
+_LOG_TICKS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 def plot_froc(
@@ -135,16 +267,46 @@ def plot_froc(
     operating_points: Mapping[str, Sequence[float]] | None = None,
     title: str | None = None,
     fp_unit: str = "image",
+    bands: Mapping[str, FROCBand] | None = None,
+    log_x: bool = False,
+    min_fp: float = 0.125,
+    legend: str = "outside",
 ) -> Any:
-    """FROC curves: each value has ``fp_avg`` and ``sensitivity`` arrays (a
-    :class:`wsdet.metrics` curve, or any object/tuple ``(fp_avg, sensitivity)``).
+    """FROC curves of several methods, with optional bootstrap bands.
 
-    ``operating_points`` maps a name to ``(fp_avg, sensitivity)`` drawn as a marker;
-    ``fp_unit`` names what false positives are counted per in the x label (e.g. "volume").
+    Parameters
+    ----------
+    curves : mapping
+        Name -> curve: an object with ``fp_avg`` and ``sensitivity`` arrays (a
+        :class:`wsdet.metrics.FROC`) or a tuple ``(fp_avg, sensitivity)``. A curve ending
+        before ``max_fp`` is extended flat (the metrics' convention).
+    max_fp : float, optional
+        The x range ends here.
+    ax : matplotlib axes, optional
+        Where to draw (default: a new figure).
+    operating_points : mapping, optional
+        Name -> ``(fp_avg, sensitivity)`` drawn as a marker in the curve's colour.
+    title : str, optional
+    fp_unit : str
+        What false positives are counted per, in the x label (e.g. "volume").
+    bands : mapping of str to FROCBand, optional
+        Name -> :func:`froc_band`, drawn as a shaded band in the curve's colour.
+    log_x : bool
+        Logarithmic x axis from ``min_fp`` (LUNA16 plots: ticks 1/8 ... 8).
+    min_fp : float
+        Left end of a log x axis.
+    legend : {"outside", "inside", "none"}
+        ``"outside"``: right of the axes, never over the curves.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
     """
+    if legend not in ("outside", "inside", "none"):
+        raise ValueError(f"legend must be 'outside', 'inside' or 'none', got {legend!r}")
     plt = _plt()
     if ax is None:
-        fig, ax = plt.subplots(figsize=(5, 4))
+        fig, ax = plt.subplots(figsize=(6.2, 4) if legend == "outside" else (5, 4))
     else:
         fig = ax.figure
     for name, c in curves.items():
@@ -154,20 +316,299 @@ def plot_froc(
             fp, se = (np.asarray(v, float) for v in c)
         if max_fp is not None and len(fp) and fp[-1] < max_fp:  # flat beyond the end-point
             fp, se = np.append(fp, max_fp), np.append(se, se[-1])
+        if log_x:
+            keep = fp > 0
+            fp, se = fp[keep], se[keep]
         (line,) = ax.plot(fp, se, label=name, lw=1.5)
+        if bands and name in bands:
+            b = bands[name]
+            sel = b.fp > 0 if log_x else np.ones(b.fp.shape, bool)
+            ax.fill_between(
+                b.fp[sel],
+                b.lower[sel],
+                b.upper[sel],
+                color=line.get_color(),
+                alpha=0.2,
+                lw=0,
+                label=f"{name} {100 * b.level:g}% band",
+            )
         if operating_points and name in operating_points:
             ofp, ose = operating_points[name]
             ax.plot([ofp], [ose], marker="o", color=line.get_color(), ms=5)
-    if max_fp is not None:
+    if log_x:
+        ax.set_xscale("log")
+        hi = max_fp if max_fp is not None else _LOG_TICKS[-1]
+        ax.set_xlim(min_fp, hi)
+        ticks = [t for t in _LOG_TICKS if min_fp <= t <= hi]
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
+    elif max_fp is not None:
         ax.set_xlim(0, max_fp)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel(f"average false positives per {fp_unit}")
     ax.set_ylabel("sensitivity")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    if legend == "outside":
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    elif legend == "inside":
+        ax.legend(fontsize=8, loc="lower right")
     if title:
         ax.set_title(title, fontsize=10)
     return fig
+
+
+# ----------------------------------------------------------------------------- 3D views
+_PLANES = {0: "sagittal", 1: "coronal", 2: "axial"}  # named by the world axis held fixed
+
+
+def _np3d(a: Any, name: str) -> np.ndarray:
+    if hasattr(a, "detach"):
+        a = a.detach().float().cpu().numpy()
+    arr = np.squeeze(np.asarray(a, dtype=float))
+    if arr.ndim != 3:
+        raise ValueError(f"{name} must be a 3D volume (after squeezing), got shape {arr.shape}")
+    return arr
+
+
+def _pts3(p: Any, name: str) -> np.ndarray:
+    if p is None:
+        return np.zeros((0, 3))
+    arr = np.asarray(p, dtype=float)
+    if arr.size == 0:
+        return np.zeros((0, 3))
+    if arr.ndim != 2 or arr.shape[1] != 3:
+        raise ValueError(f"{name} must be (k, 3) voxel indices, got shape {arr.shape}")
+    return arr
+
+
+def _geometry(spacing: Any, affine: Any) -> tuple[np.ndarray, list[str]]:
+    """Voxel sizes per array axis and the name of the plane that holds each axis fixed."""
+    if affine is not None:
+        a = np.asarray(affine, dtype=float)
+        if a.shape != (4, 4):
+            raise ValueError(f"affine must be 4x4, got {a.shape}")
+        sp = np.sqrt((a[:3, :3] ** 2).sum(axis=0))
+        world = np.abs(a[:3, :3]).argmax(axis=0)  # the world axis each array axis runs along
+    else:
+        sp = np.ones(3) if spacing is None else np.asarray(spacing, dtype=float)
+        world = np.arange(3)  # no affine: array axes taken as x, y, z
+    if sp.shape != (3,) or not (sp > 0).all():
+        raise ValueError(f"spacing must be 3 positive voxel sizes, got {spacing!r}")
+    if sorted(world.tolist()) == [0, 1, 2]:
+        names = [_PLANES[int(w)] for w in world]
+    else:  # oblique: no axis is clearly one of the patient's
+        names = [f"axis {a}" for a in range(3)]
+    return sp, names
+
+
+def _cut(v: np.ndarray, mode: str, a: int, index: int, signed: bool) -> np.ndarray:
+    """The plane of ``v`` holding axis ``a`` fixed (slice or projection), transposed."""
+    if mode == "slice":
+        out = np.take(v, index, axis=a)
+    elif signed:  # the value of largest magnitude along the ray, sign kept
+        idx = np.expand_dims(np.abs(v).argmax(axis=a), a)
+        out = np.take_along_axis(v, idx, axis=a).squeeze(a)
+    else:
+        out = v.max(axis=a)
+    return np.asarray(out).T
+
+
+def _views(
+    mode: str,
+    image: Any,
+    amap: Any,
+    point: Any,
+    points: Any,
+    targets: Any,
+    spacing: Any,
+    affine: Any,
+    slab: float,
+    alpha: float,
+    cmap: str | None,
+    title: str | None,
+    panel_size: float,
+) -> Any:
+    plt = _plt()
+    img = _np3d(image, "image")
+    m = None if amap is None else _np3d(amap, "amap")
+    if m is not None and m.shape != img.shape:
+        raise ValueError(f"amap has shape {m.shape} but image has {img.shape}")
+    det, tgt = _pts3(points, "points"), _pts3(targets, "targets")
+    sp, names = _geometry(spacing, affine)
+    if point is None:
+        centre = det[0] if len(det) else tgt[0] if len(tgt) else (np.asarray(img.shape) - 1) / 2
+    else:
+        centre = np.asarray(point, dtype=float)
+        if centre.shape != (3,):
+            raise ValueError(f"point must be 3 voxel indices, got {np.shape(point)}")
+    c = np.clip(np.floor(centre + 0.5).astype(int), 0, np.asarray(img.shape) - 1)
+    order = sorted(
+        range(3),
+        key=lambda a: (
+            ["axial", "coronal", "sagittal"].index(names[a])
+            if names[a] in ("axial", "coronal", "sagittal")
+            else 3 + a
+        ),
+    )
+    style = None if m is None else map_style(m, cmap)
+    fig, axes = plt.subplots(
+        1, 3, figsize=(3 * panel_size + (1.0 if m is not None else 0), panel_size)
+    )
+    for ax, a in zip(axes, order, strict=True):
+        p, q = [b for b in range(3) if b != a]  # horizontal, vertical array axes
+
+        def cut(v: np.ndarray, signed: bool = False, a: int = a) -> np.ndarray:
+            return _cut(v, mode, a, int(c[a]), signed)
+
+        ax.imshow(
+            cut(img),
+            cmap="gray",
+            origin="lower",
+            interpolation="nearest",
+            aspect=float(sp[q] / sp[p]),
+        )
+        if m is not None and style is not None:
+            im = ax.imshow(
+                cut(m, signed=True),
+                origin="lower",
+                interpolation="nearest",
+                aspect=float(sp[q] / sp[p]),
+                alpha=alpha,
+                **style,
+            )
+        near_t = tgt if mode == "mip" else tgt[np.abs(tgt[:, a] - c[a]) <= slab]
+        near_d = det if mode == "mip" else det[np.abs(det[:, a] - c[a]) <= slab]
+        if len(near_t):
+            ax.scatter(
+                near_t[:, p],
+                near_t[:, q],
+                s=80,
+                facecolors="none",
+                edgecolors="lime",
+                linewidths=1.5,
+                label="targets",
+            )
+        if len(near_d):
+            ax.scatter(
+                near_d[:, p],
+                near_d[:, q],
+                s=40,
+                marker="x",
+                c="red",
+                linewidths=1.5,
+                label="detections",
+            )
+        if mode == "slice":
+            ax.axhline(c[q], color="yellow", lw=0.5, alpha=0.6)
+            ax.axvline(c[p], color="yellow", lw=0.5, alpha=0.6)
+        where = f"index {c[a]}" if mode == "slice" else "MIP"
+        ax.set_title(f"{names[a]} ({where} on axis {a})", fontsize=9)
+        ax.set_xlabel(f"axis {p}", fontsize=8)
+        ax.set_ylabel(f"axis {q}", fontsize=8)
+        ax.tick_params(labelsize=7)
+    if m is not None:
+        fig.colorbar(im, ax=list(axes), fraction=0.02, pad=0.01)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def orthogonal_slices(
+    image: Any,
+    amap: Any = None,
+    *,
+    point: Any = None,
+    points: Any = None,
+    targets: Any = None,
+    spacing: Sequence[float] | None = None,
+    affine: Any = None,
+    slab: float = 1.0,
+    alpha: float = 0.5,
+    cmap: str | None = None,
+    title: str | None = None,
+    panel_size: float = 3.2,
+) -> Any:
+    """Axial, coronal and sagittal slices of a volume through one point.
+
+    Parameters
+    ----------
+    image : array_like or Tensor
+        A 3D volume (squeezed), in the file's voxel order (:mod:`wsdet.io`).
+    amap : array_like, optional
+        An attention map of the same shape, overlaid with :func:`map_style` and a colour bar.
+    point : sequence of 3 float, optional
+        Where the slices cross (voxel indices); default the top detection (``points[0]``),
+        else the first target, else the centre.
+    points, targets : array_like, optional
+        ``(k, 3)`` detections (red crosses) and targets (green circles), in voxel indices;
+        drawn on a slice when within ``slab`` voxels of it.
+    spacing : sequence of 3 float, optional
+        Voxel sizes (mm) for the aspect, when there is no ``affine``.
+    affine : array_like, optional
+        The volume's 4x4 affine: gives the voxel sizes and the plane names.
+    slab : float
+        Half-thickness (voxels) of the slab whose markers a slice shows.
+    alpha, cmap, title, panel_size
+        Map opacity and colormap, figure title, panel size in inches.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Three image axes (in the order axial, coronal, sagittal), plus a colour bar with a
+        map. Each panel shows the two other array axes, the lower-numbered one horizontal,
+        with ``origin="lower"`` and aspect ``spacing[vertical] / spacing[horizontal]``.
+    """
+    return _views(
+        "slice",
+        image,
+        amap,
+        point,
+        points,
+        targets,
+        spacing,
+        affine,
+        slab,
+        alpha,
+        cmap,
+        title,
+        panel_size,
+    )
+
+
+def mip(
+    image: Any,
+    amap: Any = None,
+    *,
+    points: Any = None,
+    targets: Any = None,
+    spacing: Sequence[float] | None = None,
+    affine: Any = None,
+    alpha: float = 0.5,
+    cmap: str | None = None,
+    title: str | None = None,
+    panel_size: float = 3.2,
+) -> Any:
+    """Maximum-intensity projections of a volume along its three axes, all points marked.
+
+    As :func:`orthogonal_slices`, with each panel the maximum of the image along the
+    projected axis (an attention map shows its value of largest magnitude, sign kept), and
+    every detection and target drawn.
+    """
+    return _views(
+        "mip",
+        image,
+        amap,
+        None,
+        points,
+        targets,
+        spacing,
+        affine,
+        0.0,
+        alpha,
+        cmap,
+        title,
+        panel_size,
+    )
 
 
 def save_figure(fig: Any, path: str, *, dpi: int = 80) -> None:

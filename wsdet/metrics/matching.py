@@ -722,8 +722,11 @@ def match_images(
         ``(lo, hi)`` pair / ``(m_i, 2, ndim)`` array (``match="boxes"``).
     match : {"points", "boxes"}
         Hit rule: within ``radius`` of a point, or inside a half-open box.
-    radius, spacing, inclusive, duplicates, tiebreak, compat
+    radius, inclusive, duplicates, tiebreak, compat
         As in :func:`match_points` (``radius`` is one value for all targets here).
+    spacing : float or array_like, optional
+        Voxel size per axis, as in :func:`match_points` (one for all images), or one row
+        per image, ``(n_images, ndim)``, for images of different voxel sizes.
     ignore : sequence of array_like of bool, optional
         Per image, a mask of targets that do not count (or ``None``).
 
@@ -792,7 +795,13 @@ def match_images(
         if np.ndim(to_numpy(radius)) != 0:
             raise ValueError("radius must be a single number in match_images (one for all targets)")
         r_all = as_radius(radius, gt_all.shape[0])
-        sp = as_spacing(spacing, ndim)
+        if spacing is not None and np.ndim(to_numpy(spacing)) == 2:
+            per_image = _spacing_per_image(spacing, n_images, ndim)
+            det_all = det_all * per_image[det_img]  # distances in mm, image by image
+            gt_all = gt_all * per_image[gt_img]
+            sp = np.ones(ndim)
+        else:
+            sp = as_spacing(spacing, ndim)
         pi, pj, ratio = _point_pairs(
             det_all[ia], det_img[ia], gt_all, gt_img, r_all, sp, opts.inclusive
         )
@@ -803,6 +812,18 @@ def match_images(
         s_all, (ia[pi], pj, ratio), gt_all.shape[0], ign_all, active, opts
     )
     return _split(label, to_gt, hit, gscore, s_all, ign_all, det_counts, gt_counts)
+
+
+def _spacing_per_image(spacing: ArrayLike, n_images: int, ndim: int) -> NDArray[np.float64]:
+    arr = np.asarray(to_numpy(spacing), dtype=np.float64)
+    if arr.shape != (n_images, ndim):
+        raise ValueError(
+            f"spacing must be one voxel size per axis ({ndim},) or one row per image "
+            f"({n_images}, {ndim}); got shape {arr.shape}"
+        )
+    if not (np.isfinite(arr).all() and (arr > 0).all()):
+        raise ValueError("spacing must be finite and positive")
+    return arr
 
 
 def compare_annotations(

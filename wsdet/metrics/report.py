@@ -239,7 +239,8 @@ class EvaluationReport:
 
     def _title(self) -> str:
         s = self.settings
-        rule = f"within {s['radius']:g}" if s["match"] == "points" else "inside box"
+        unit = s.get("radius_unit", "voxels")
+        rule = f"within {s['radius']:g} {unit}" if s["match"] == "points" else "inside box"
         extra = f", compat={s['compat']}" if s["compat"] else ""
         return (
             f"wsdet evaluation: {s['match']} ({rule}), {s['interpolation']} FROC, "
@@ -409,6 +410,7 @@ def evaluate(
     match: MatchKind = "points",
     radius: float = 6.0,
     spacing: ArrayLike | None = None,
+    radius_mm: float | None = None,
     inclusive: bool = True,
     duplicates: Duplicates = "fp",
     ignore: Sequence[ArrayLike | None] | None = None,
@@ -439,8 +441,16 @@ def evaluate(
         (``match="boxes"``, hit = inside ``[lo, hi)``).
     match : {"points", "boxes"}
         Hit rule.
-    radius, spacing, inclusive, duplicates, tiebreak
-        Matching options, see :func:`~wsdet.metrics.match_points` (radius default 6).
+    radius, inclusive, duplicates, tiebreak
+        Matching options, see :func:`~wsdet.metrics.match_points` (radius default 6
+        voxels; in the units of ``spacing`` when it is given).
+    spacing : float or array_like, optional
+        Voxel size per axis in mm, one for all images ``(ndim,)`` or one row per image
+        ``(n_images, ndim)`` (volumes of different voxel sizes): distances are then in mm.
+    radius_mm : float, optional
+        The hit radius in millimetres (instead of ``radius``); needs ``spacing`` (for points
+        already in mm, e.g. world coordinates, pass ``spacing=1``). The report says "mm"
+        whenever ``spacing`` is given.
     ignore : sequence of array_like of bool, optional
         Per image, targets that do not count.
     max_fp : float, optional
@@ -494,6 +504,15 @@ def evaluate(
         raise ValueError("fps must contain at least one false-positive budget")
     for f in budgets:
         as_positive_float(f, "fps", allow_zero=True)
+    if radius_mm is not None:
+        if radius != 6.0:
+            raise ValueError("give the hit radius as radius or radius_mm, not both")
+        if spacing is None:
+            raise ValueError(
+                "radius_mm needs spacing= (the voxel size in mm: one per axis, or one row per "
+                "image); for points already in mm (world coordinates) pass spacing=1"
+            )
+        radius = as_positive_float(radius_mm, "radius_mm", allow_zero=True)
     points, scores, counts, candidates = _parse_detections(detections)
     tg = as_sequence(targets, "targets")
     if len(tg) != len(points):
@@ -587,6 +606,7 @@ def evaluate(
                 k: (np.asarray(v).tolist() if k == "spacing" and v is not None else v)
                 for k, v in options.items()
             },
+            "radius_unit": "voxels" if spacing is None else "mm",
             "interpolation": interpolation,
             "sensitivity": sensitivity,
             "n_bootstrap": n_boot,
