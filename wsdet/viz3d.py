@@ -1,0 +1,268 @@
+"""3D views: orthogonal slices and maximum-intensity projections with detections marked.
+
+Planes are named (axial, coronal, sagittal) from the affine; the aspect comes from the voxel
+sizes. matplotlib is imported lazily. Re-exported by :mod:`wsdet.viz`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from wsdet.viz import _plt, map_style
+
+__all__ = ["mip", "orthogonal_slices"]
+
+_PLANES = {0: "sagittal", 1: "coronal", 2: "axial"}  # named by the world axis held fixed
+
+
+def _np3d(a: Any, name: str) -> np.ndarray:
+    if hasattr(a, "detach"):
+        a = a.detach().float().cpu().numpy()
+    arr = np.squeeze(np.asarray(a, dtype=float))
+    if arr.ndim != 3:
+        raise ValueError(f"{name} must be a 3D volume (after squeezing), got shape {arr.shape}")
+    return arr
+
+
+def _pts3(p: Any, name: str) -> np.ndarray:
+    if p is None:
+        return np.zeros((0, 3))
+    arr = np.asarray(p, dtype=float)
+    if arr.size == 0:
+        return np.zeros((0, 3))
+    if arr.ndim != 2 or arr.shape[1] != 3:
+        raise ValueError(f"{name} must be (k, 3) voxel indices, got shape {arr.shape}")
+    return arr
+
+
+def _geometry(spacing: Any, affine: Any) -> tuple[np.ndarray, list[str]]:
+    """Voxel sizes per array axis and the name of the plane that holds each axis fixed."""
+    if affine is not None:
+        a = np.asarray(affine, dtype=float)
+        if a.shape != (4, 4):
+            raise ValueError(f"affine must be 4x4, got {a.shape}")
+        sp = np.sqrt((a[:3, :3] ** 2).sum(axis=0))
+        world = np.abs(a[:3, :3]).argmax(axis=0)  # the world axis each array axis runs along
+    else:
+        sp = np.ones(3) if spacing is None else np.asarray(spacing, dtype=float)
+        world = np.arange(3)  # no affine: array axes taken as x, y, z
+    if sp.shape != (3,) or not (sp > 0).all():
+        raise ValueError(f"spacing must be 3 positive voxel sizes, got {spacing!r}")
+    if sorted(world.tolist()) == [0, 1, 2]:
+        names = [_PLANES[int(w)] for w in world]
+    else:  # oblique: no axis is clearly one of the patient's
+        names = [f"axis {a}" for a in range(3)]
+    return sp, names
+
+
+def _cut(v: np.ndarray, mode: str, a: int, index: int, signed: bool) -> np.ndarray:
+    """The plane of ``v`` holding axis ``a`` fixed (slice or projection), transposed."""
+    if mode == "slice":
+        out = np.take(v, index, axis=a)
+    elif signed:  # the value of largest magnitude along the ray, sign kept
+        idx = np.expand_dims(np.abs(v).argmax(axis=a), a)
+        out = np.take_along_axis(v, idx, axis=a).squeeze(a)
+    else:
+        out = v.max(axis=a)
+    return np.asarray(out).T
+
+
+def _views(
+    mode: str,
+    image: Any,
+    amap: Any,
+    point: Any,
+    points: Any,
+    targets: Any,
+    spacing: Any,
+    affine: Any,
+    slab: float,
+    alpha: float,
+    cmap: str | None,
+    title: str | None,
+    panel_size: float,
+) -> Any:
+    plt = _plt()
+    img = _np3d(image, "image")
+    m = None if amap is None else _np3d(amap, "amap")
+    if m is not None and m.shape != img.shape:
+        raise ValueError(f"amap has shape {m.shape} but image has {img.shape}")
+    det, tgt = _pts3(points, "points"), _pts3(targets, "targets")
+    sp, names = _geometry(spacing, affine)
+    if point is None:
+        centre = det[0] if len(det) else tgt[0] if len(tgt) else (np.asarray(img.shape) - 1) / 2
+    else:
+        centre = np.asarray(point, dtype=float)
+        if centre.shape != (3,):
+            raise ValueError(f"point must be 3 voxel indices, got {np.shape(point)}")
+    c = np.clip(np.floor(centre + 0.5).astype(int), 0, np.asarray(img.shape) - 1)
+    order = sorted(
+        range(3),
+        key=lambda a: (
+            ["axial", "coronal", "sagittal"].index(names[a])
+            if names[a] in ("axial", "coronal", "sagittal")
+            else 3 + a
+        ),
+    )
+    style = None if m is None else map_style(m, cmap)
+    fig, axes = plt.subplots(
+        1, 3, figsize=(3 * panel_size + (1.0 if m is not None else 0), panel_size)
+    )
+    for ax, a in zip(axes, order, strict=True):
+        p, q = [b for b in range(3) if b != a]  # horizontal, vertical array axes
+
+        def cut(v: np.ndarray, signed: bool = False, a: int = a) -> np.ndarray:
+            return _cut(v, mode, a, int(c[a]), signed)
+
+        ax.imshow(
+            cut(img),
+            cmap="gray",
+            origin="lower",
+            interpolation="nearest",
+            aspect=float(sp[q] / sp[p]),
+        )
+        if m is not None and style is not None:
+            im = ax.imshow(
+                cut(m, signed=True),
+                origin="lower",
+                interpolation="nearest",
+                aspect=float(sp[q] / sp[p]),
+                alpha=alpha,
+                **style,
+            )
+        near_t = tgt if mode == "mip" else tgt[np.abs(tgt[:, a] - c[a]) <= slab]
+        near_d = det if mode == "mip" else det[np.abs(det[:, a] - c[a]) <= slab]
+        if len(near_t):
+            ax.scatter(
+                near_t[:, p],
+                near_t[:, q],
+                s=80,
+                facecolors="none",
+                edgecolors="lime",
+                linewidths=1.5,
+                label="targets",
+            )
+        if len(near_d):
+            ax.scatter(
+                near_d[:, p],
+                near_d[:, q],
+                s=40,
+                marker="x",
+                c="red",
+                linewidths=1.5,
+                label="detections",
+            )
+        if mode == "slice":
+            ax.axhline(c[q], color="yellow", lw=0.5, alpha=0.6)
+            ax.axvline(c[p], color="yellow", lw=0.5, alpha=0.6)
+        where = f"index {c[a]}" if mode == "slice" else "MIP"
+        ax.set_title(f"{names[a]} ({where} on axis {a})", fontsize=9)
+        ax.set_xlabel(f"axis {p}", fontsize=8)
+        ax.set_ylabel(f"axis {q}", fontsize=8)
+        ax.tick_params(labelsize=7)
+    if m is not None:
+        fig.colorbar(im, ax=list(axes), fraction=0.02, pad=0.01)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def orthogonal_slices(
+    image: Any,
+    amap: Any = None,
+    *,
+    point: Any = None,
+    points: Any = None,
+    targets: Any = None,
+    spacing: Sequence[float] | None = None,
+    affine: Any = None,
+    slab: float = 1.0,
+    alpha: float = 0.5,
+    cmap: str | None = None,
+    title: str | None = None,
+    panel_size: float = 3.2,
+) -> Any:
+    """Axial, coronal and sagittal slices of a volume through one point.
+
+    Parameters
+    ----------
+    image : array_like or Tensor
+        A 3D volume (squeezed), in the file's voxel order (:mod:`wsdet.io`).
+    amap : array_like, optional
+        An attention map of the same shape, overlaid with :func:`map_style` and a colour bar.
+    point : sequence of 3 float, optional
+        Where the slices cross (voxel indices); default the top detection (``points[0]``),
+        else the first target, else the centre.
+    points, targets : array_like, optional
+        ``(k, 3)`` detections (red crosses) and targets (green circles), in voxel indices;
+        drawn on a slice when within ``slab`` voxels of it.
+    spacing : sequence of 3 float, optional
+        Voxel sizes (mm) for the aspect, when there is no ``affine``.
+    affine : array_like, optional
+        The volume's 4x4 affine: gives the voxel sizes and the plane names.
+    slab : float
+        Half-thickness (voxels) of the slab whose markers a slice shows.
+    alpha, cmap, title, panel_size
+        Map opacity and colormap, figure title, panel size in inches.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Three image axes (in the order axial, coronal, sagittal), plus a colour bar with a
+        map. Each panel shows the two other array axes, the lower-numbered one horizontal,
+        with ``origin="lower"`` and aspect ``spacing[vertical] / spacing[horizontal]``.
+    """
+    return _views(
+        "slice",
+        image,
+        amap,
+        point,
+        points,
+        targets,
+        spacing,
+        affine,
+        slab,
+        alpha,
+        cmap,
+        title,
+        panel_size,
+    )
+
+
+def mip(
+    image: Any,
+    amap: Any = None,
+    *,
+    points: Any = None,
+    targets: Any = None,
+    spacing: Sequence[float] | None = None,
+    affine: Any = None,
+    alpha: float = 0.5,
+    cmap: str | None = None,
+    title: str | None = None,
+    panel_size: float = 3.2,
+) -> Any:
+    """Maximum-intensity projections of a volume along its three axes, all points marked.
+
+    As :func:`orthogonal_slices`, with each panel the maximum of the image along the
+    projected axis (an attention map shows its value of largest magnitude, sign kept), and
+    every detection and target drawn.
+    """
+    return _views(
+        "mip",
+        image,
+        amap,
+        None,
+        points,
+        targets,
+        spacing,
+        affine,
+        0.0,
+        alpha,
+        cmap,
+        title,
+        panel_size,
+    )
