@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -84,3 +85,82 @@ def test_trainer_on_cuda_trains_resumes_and_predicts(tmp_path):
     cpu_model = build_model("gpunet", 2, 4)
     Trainer(cpu_model).finetune_from(tmp_path / "a" / "best.pt")
     torch.testing.assert_close(Trainer(cpu_model).predict(x[:5]), pred.cpu(), atol=1e-4, rtol=1e-4)
+
+
+# --------------------------------------------------------------------------- DDP, AMP
+
+
+def test_ddp_world_size_one_on_a_gpu_trains_and_detects_as_one_process(tmp_path):
+    """torchrun --nproc-per-node 1 on the GPU: the trainer and run_detection join an NCCL
+    group themselves; DistributedDataParallel of one process trains as no DDP, and the
+    sharded detections equal the single-process ones exactly."""
+    import dist_worker as worker
+
+    from wsdet import run_detection
+    from wsdet._io import load_checkpoint
+    from wsdet.inference import read_detections
+
+    worker.launch("cuda", tmp_path / "ddp", nproc=1, timeout=400)
+    got = load_checkpoint(tmp_path / "ddp" / "adam" / "rank0.pt")
+    assert got["backend"] == "nccl"
+    flags = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    worker.deterministic()  # as in the worker
+    try:
+        trainer, train, val, kwargs = worker.make_case("adam", 1, 0, tmp_path / "ref", "cuda")
+        result = trainer.fit(train, val, **kwargs)
+        model = worker.detector().model.cuda()
+        expected = run_detection(
+            worker.Volumes(), Detector(model, "gp_unet"), tmp_path / "one", **worker.DETECT_OPTIONS
+        )
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags
+    for key, value in trainer.model.state_dict().items():
+        scale = float(value.abs().max().clamp_min(1e-30))
+        assert float((got["state"][key] - value.cpu()).abs().max()) / scale <= 1e-6, key
+    assert got["result"]["epochs"] == result.epochs
+    assert got["result"]["history"]["val_loss"] == pytest.approx(
+        result.history["val_loss"], rel=1e-6
+    )
+    assert load_checkpoint(tmp_path / "ddp" / "adam" / "ckpt" / "last.pt")["world_size"] == 1
+    for a, b in zip(read_detections(tmp_path / "ddp" / "detect"), expected, strict=True):
+        assert np.array_equal(a.points, b.points) and np.array_equal(a.scores, b.scores)
+        assert a.count == b.count
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_on_cuda_trains_and_resumes(tmp_path, precision):
+    """Autocast in bf16 / fp16 (with a GradScaler for fp16; off by default): the forward
+    pass runs in half precision, the weights stay float32, the loss falls, and a resumed
+    run ends where the uninterrupted one ends (the scaler's state is in last.pt)."""
+    assert TrainConfig().precision == "fp32"
+    half = torch.bfloat16 if precision == "bf16" else torch.float16
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(32, 1, 28, 28, generator=g)
+    y = (x > 0.97).sum(dim=(1, 2, 3)).float()
+    cfg = TrainConfig(
+        optimizer="adam", lr=1e-3, max_epochs=6, batch_size=8, precision=precision,
+        progress="none",
+    )  # fmt: skip
+
+    def fit(out, epochs):
+        torch.manual_seed(1)
+        model = build_model("gpunet", 2, 4).cuda()
+        seen = []
+        model.conv1.register_forward_hook(
+            lambda m, a, o: seen.append(o.dtype) if m.training else None
+        )
+        trainer = Trainer(model, dataclasses.replace(cfg, max_epochs=epochs), out_dir=out)
+        return trainer.fit((x, y), (x, y), resume=True), seen, trainer
+
+    straight, seen, trainer = fit(tmp_path / "a", 6)
+    assert set(seen) == {half}
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    history = straight.history["val_loss"]
+    assert all(np.isfinite(history)) and min(history) < history[0]
+    fit(tmp_path / "b", 3)
+    resumed, _, _ = fit(tmp_path / "b", 6)
+    assert resumed.history["val_loss"] == pytest.approx(history, rel=1e-4)
+    from wsdet._io import load_checkpoint
+
+    scaler = load_checkpoint(tmp_path / "a" / "last.pt")["scaler"]
+    assert (scaler["scale"] > 0) if precision == "fp16" else scaler == {}

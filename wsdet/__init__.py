@@ -23,6 +23,7 @@ _LAZY = {
     "detect_maps": "wsdet.detection",
     "find_peaks": "wsdet.detection",
     "Detector": "wsdet.detector",
+    "run_detection": "wsdet.inference",
 }
 
 __all__ = [
@@ -34,12 +35,14 @@ __all__ = [
     "detect_maps",
     "find_peaks",
     "register_method",
+    "run_detection",
 ]
 
 if TYPE_CHECKING:
     from wsdet.attention import AttentionMethod, available_methods, register_method
     from wsdet.detection import Detections, detect_maps, find_peaks
     from wsdet.detector import Detector
+    from wsdet.inference import run_detection
 
 
 def __getattr__(name: str) -> Any:

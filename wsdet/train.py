@@ -15,10 +15,13 @@ and §3.5:
 * atomic checkpoints that load with ``weights_only=True`` and resume bit for bit;
 * fine-tuning from another checkpoint (the paper first trains the easiest region).
 
-Data stay tensors (no ``DataLoader``): ``(images, counts)`` or a callable
-``epoch -> (images, counts[, ...])`` drawing fresh data each epoch. Shuffling and the
-``augment`` callable use a generator seeded by ``(seed, epoch)``, so an interrupted run
-resumed from its checkpoint follows the uninterrupted run exactly.
+Data are tensors ``(images, counts)``, a callable ``epoch -> (images, counts[, ...])``
+drawing fresh data each epoch, any ``torch.utils.data.Dataset`` (map-style or iterable)
+yielding ``(image, count)`` or dicts, or a ``DataLoader`` of your own
+(:mod:`wsdet.data.loading`). Shuffling and the ``augment`` callable use a generator seeded by
+``(seed, epoch)``, so an interrupted run resumed from its checkpoint follows the
+uninterrupted run exactly. Launched by ``torchrun``, :meth:`Trainer.fit` trains data-parallel
+(:mod:`wsdet.distributed`, ``docs/scaling.md``).
 """
 
 from __future__ import annotations
@@ -43,8 +46,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from wsdet._io import PathLike, atomic_save, atomic_write_text, load_checkpoint
+from wsdet.data.loading import (
+    TrainInput,
+    as_eval_input,
+    as_train_input,
+    gather_outputs,
+    score_outputs,
+)
+from wsdet.distributed import Collective, global_batch_change, seed_for_rank
 from wsdet.models import init_weights
 
 __all__ = [
@@ -64,14 +76,19 @@ logger = logging.getLogger(__name__)
 Objective: TypeAlias = Literal["regression", "classification"]
 OptimizerName: TypeAlias = Literal["adadelta", "adam"]
 InitScheme: TypeAlias = Literal["default", "keras", "kaiming", "kaiming_conv"]
-Precision: TypeAlias = Literal["fp32", "bf16"]
+Precision: TypeAlias = Literal["fp32", "bf16", "fp16"]
 MemoryFormat: TypeAlias = Literal["auto", "contiguous", "channels_last"]
 ProgressMode: TypeAlias = Literal["auto", "bar", "log", "none"]
 StopReason: TypeAlias = Literal["max_epochs", "patience", "time_budget"]
 
 #: A sampler of fresh training data: ``epoch -> (images, counts)`` (extra items ignored).
 Sampler: TypeAlias = Callable[[int], Sequence[torch.Tensor]]
-TrainData: TypeAlias = "tuple[torch.Tensor, torch.Tensor] | CountData | Sampler"
+TrainData: TypeAlias = (
+    "tuple[torch.Tensor, torch.Tensor] | CountData | Sampler | Dataset[Any] | DataLoader[Any]"
+)
+ValData: TypeAlias = (
+    "tuple[torch.Tensor, torch.Tensor] | CountData | Dataset[Any] | DataLoader[Any]"
+)
 
 _STATE_FORMAT = "wsdet.train.state/1"
 _MODEL_FORMAT = "wsdet.model/1"
@@ -246,10 +263,14 @@ class TrainConfig:
         ``"auto"``: ``channels_last`` for 2D models on CPU (a GP-Unet 2D step measured 1.36x
         faster, ``docs/training.md``), contiguous otherwise (``channels_last_3d`` brought
         nothing in 3D). The model is returned contiguous.
-    precision : {"fp32", "bf16"}, default "fp32"
-        ``"bf16"`` runs the training forward pass under ``torch.autocast`` in bfloat16
-        (validation and prediction stay float32). Five times slower on CPUs without native
-        bf16 (measured on AVX2).
+    precision : {"fp32", "bf16", "fp16"}, default "fp32"
+        ``"bf16"`` / ``"fp16"`` run the training forward pass under ``torch.autocast`` in
+        bfloat16 / float16 (validation and prediction stay float32); ``"fp16"`` scales the
+        loss with a ``torch.amp.GradScaler`` (its state is saved in ``last.pt``). Meant for
+        GPUs; bf16 is five times slower on CPUs without native bf16 (measured on AVX2).
+    num_workers : int, default 0
+        Worker processes of the ``DataLoader`` the trainer builds when training or
+        validation data are a ``torch.utils.data.Dataset`` (see :mod:`wsdet.data.loading`).
     compile : bool, default False
         Train through ``torch.compile(model)`` (the first steps pay the compilation; it
         was not faster on the development CPU).
@@ -290,6 +311,7 @@ class TrainConfig:
     seed: int = 0
     memory_format: MemoryFormat = "auto"
     precision: Precision = "fp32"
+    num_workers: int = 0
     compile: bool = False
     checkpoint_every: int = 1
     progress: ProgressMode = "auto"
@@ -332,7 +354,8 @@ class TrainConfig:
             _check_float("time_budget", self.time_budget, positive=True)
         _check_int("seed", self.seed, 0)
         _check_choice("memory_format", self.memory_format, ("auto", "contiguous", "channels_last"))
-        _check_choice("precision", self.precision, ("fp32", "bf16"))
+        _check_choice("precision", self.precision, ("fp32", "bf16", "fp16"))
+        _check_int("num_workers", self.num_workers, 0)
         _check_int("checkpoint_every", self.checkpoint_every, 1)
         _check_choice("progress", self.progress, ("auto", "bar", "log", "none"))
         _check_int("log_every", self.log_every, 1)
@@ -903,7 +926,7 @@ class Trainer:
     def fit(
         self,
         train: TrainData,
-        val: tuple[torch.Tensor, torch.Tensor] | CountData,
+        val: ValData,
         *,
         resume: bool | PathLike = False,
     ) -> TrainResult:
@@ -911,16 +934,21 @@ class Trainer:
 
         Parameters
         ----------
-        train : (images, counts), dataset or callable
+        train : (images, counts), dataset, callable or DataLoader
             Training tensors ``images`` (N, C, *S) float and ``counts`` (N,), an object with
             such ``.images`` and ``.counts`` (:class:`wsdet.data.MNISTGrid`,
-            :class:`wsdet.data.PhantomSet`), or a sampler
-            ``epoch -> (images, counts[, ...])`` returning fresh data for every epoch (it
-            must be deterministic in ``epoch`` for exact resumes; extra items are ignored).
-            Data stay on their device; batches are moved to the model's device.
-        val : (images, counts) or dataset
-            Validation tensors (or an object with ``.images`` and ``.counts``), scored after
-            every epoch.
+            :class:`wsdet.data.PhantomSet`), a sampler ``epoch -> (images, counts[, ...])``
+            returning fresh data for every epoch (it must be deterministic in ``epoch`` for
+            exact resumes; extra items are ignored), a ``torch.utils.data.Dataset``
+            (map-style or iterable) of ``(image, count)`` items or dicts with ``"image"``
+            and ``"count"``, or a ``DataLoader`` of such batches (its own batch size,
+            sampler, workers and collate; see :mod:`wsdet.data.loading`). Batches are moved
+            to the model's device. Under ``torchrun`` the data are sharded over the
+            processes and the model trains in ``DistributedDataParallel``
+            (``docs/scaling.md``); ``batch_size`` is then per process.
+        val : (images, counts), dataset or DataLoader
+            Validation data in the same forms (no sampler), scored after every epoch (under
+            ``torchrun``: each process scores its share, the sums are reduced).
         resume : bool or path, default False
             ``True``: continue from ``out_dir/last.pt`` if it exists (else start afresh);
             a path: continue from that training-state checkpoint. The run then continues
@@ -937,37 +965,32 @@ class Trainer:
             If the training loss becomes NaN or infinite.
         """
         cfg = self.config
-        val_x, val_y = _check_data("val", val)
-        sampler: Sampler | None = None
-        fixed: tuple[torch.Tensor, torch.Tensor] | None = None
-        if callable(train):
-            sampler = train
-        else:
-            fixed = _check_data("train", train)
-        state = self._resume_state(resume)
+        device = self.device
+        comm = Collective.setup(device)  # joins the process group when run by torchrun
+        pin = device.type == "cuda"
+        val_in = as_eval_input(val, check=_check_data, num_workers=cfg.num_workers, pin_memory=pin)
+        train_in = as_train_input(
+            train, check=_check_data, num_workers=cfg.num_workers, pin_memory=pin
+        )
+        state = comm.on_main(lambda: self._resume_state(resume, comm.world))
         if state is None and cfg.max_epochs == 0:
             raise ValueError("max_epochs must be >= 1 to start a new run")
-        if self.out_dir is not None:
+        writes = self.out_dir is not None and comm.is_main  # only rank 0 writes files
+        if writes:
+            assert self.out_dir is not None
             self.out_dir.mkdir(parents=True, exist_ok=True)
 
-        cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-
-        def epoch_data(epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-            if fixed is not None:
-                return fixed
-            if epoch not in cache:
-                assert sampler is not None
-                cache.clear()
-                cache[epoch] = _check_data(f"train sampler output of epoch {epoch}", sampler(epoch))
-            return cache[epoch]
-
-        ndim = val_x.ndim
-        device = self.device
         cuda_devices = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda_devices):  # probing a loader draws a seed
+            val_shape = val_in.layout(0)
+        val_tensors = None if comm.active else val_in.tensors(0)
+        ndim = len(val_shape)
         standardized = cfg.objective == "regression" and cfg.standardize_targets
         head = find_head(self.model)[0] if standardized else ""
         fmt = self._memory_format(ndim)
         optimizer = self._make_optimizer()
+        scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+        bs, eval_bs = self._batch_size(ndim), self._eval_batch_size(ndim, None)
         run = _Run(history={k: [] for k in self._columns()})
         in_counts = True  # whether the head currently predicts counts (not standardised units)
         progress: _Progress | None = None
@@ -975,52 +998,71 @@ class Trainer:
         with torch.random.fork_rng(devices=cuda_devices):
             try:
                 if state is not None:
-                    self._restore(state, optimizer)
+                    self._restore(state, optimizer, scaler, comm.rank)
                     run = _Run.from_checkpoint(state)
                     in_counts = not standardized
                     logger.info("resuming at epoch %d (best epoch %d)", run.epoch, run.best_epoch)
                 else:
                     torch.manual_seed(_global_seed(cfg.seed))
-                first = epoch_data(run.epoch)
-                if first[0].ndim != ndim or first[0].shape[1] != val_x.shape[1]:
+                first = train_in.layout(run.epoch)
+                if len(first) != ndim or first[1] != val_shape[1]:
                     raise ValueError(
                         "train and val images must have the same layout (N, C, *S); got "
-                        f"{tuple(first[0].shape)} and {tuple(val_x.shape)}"
+                        f"{first} and {val_shape}"
                     )
                 if state is None and standardized:
-                    run.mean, run.std = self._target_stats(first[1])
+                    stats = (
+                        None if cfg.target_stats is not None else train_in.counts(run.epoch, comm)
+                    )
+                    run.mean, run.std = self._target_stats(stats)
                     if self._count_space:
                         unfold_target_scaling(self.model, run.mean, run.std)
                     in_counts = False
                 step_model = self._step_model()
                 _set_memory_format(self.model, fmt, ndim)
-                progress = _Progress(cfg.progress, cfg.max_epochs, run.epoch, cfg.log_every)
+                if comm.active:  # DistributedDataParallel, after the memory format is set
+                    step_model = comm.wrap(self.model, compile=cfg.compile)
+                shown = cfg.progress if comm.is_main else "none"
+                progress = _Progress(shown, cfg.max_epochs, run.epoch, cfg.log_every)
                 while (reason := self._stop_reason(run)) is None:
                     start = time.perf_counter()
-                    images, counts = epoch_data(run.epoch)
+                    train_in.check(run.epoch, comm)
                     train_loss = self._train_epoch(
-                        step_model, optimizer, images, counts, run.epoch, run.mean, run.std, fmt
-                    )
+                        step_model, optimizer, train_in, bs, run.epoch, run.mean, run.std, fmt,
+                        comm, scaler,
+                    )  # fmt: skip
                     if not math.isfinite(train_loss):
                         raise FloatingPointError(
                             f"the training loss became {train_loss} at epoch {run.epoch}"
                         )
-                    val_loss, val_metric = self._validate(val_x, val_y, run.mean, run.std, fmt)
+                    if val_tensors is not None:
+                        val_loss, val_metric = self._validate(*val_tensors, run.mean, run.std, fmt)
+                    else:  # each process scores its share; all outputs gathered, then scored
+                        outputs, targets = gather_outputs(
+                            val_in.eval_batches(comm, eval_bs),
+                            lambda x: self._forward(x, eval_bs, fmt),
+                            comm,
+                        )
+                        regression = cfg.objective == "regression"
+                        val_loss, val_metric = score_outputs(
+                            outputs, targets, regression=regression, mean=run.mean, std=run.std
+                        )
                     improved = val_loss < run.best_loss - cfg.min_delta
-                    seconds = time.perf_counter() - start
+                    seconds = comm.max(time.perf_counter() - start)  # one clock for all ranks
                     lr = float(optimizer.param_groups[0]["lr"])
                     values = (run.epoch, train_loss, val_loss, val_metric, lr, seconds)
                     row = dict(zip(self._columns(), (*values, run.elapsed + seconds), strict=True))
                     run.record(row, improved, self.model)
-                    if self.out_dir is not None:
+                    if writes:
                         self._write_history(run.history)
                         if improved:
                             self._write_best(run, head)
                         if run.epoch % cfg.checkpoint_every == 0:
-                            self._write_state(run, optimizer, None, cuda_devices)
+                            self._write_state(run, optimizer, None, cuda_devices, comm, scaler)
                     progress.update(row, run.best_epoch)
-                if self.out_dir is not None:
-                    self._write_state(run, optimizer, reason, cuda_devices)
+                del step_model  # drop the DistributedDataParallel wrapper and its hooks
+                if writes:
+                    self._write_state(run, optimizer, reason, cuda_devices, comm, scaler)
                 if run.best_state is not None:
                     self.model.load_state_dict(run.best_state)
             finally:
@@ -1098,9 +1140,10 @@ class Trainer:
             weight_decay=cfg.weight_decay,
         )  # fmt: skip
 
-    def _target_stats(self, counts: torch.Tensor) -> tuple[float, float]:
+    def _target_stats(self, counts: torch.Tensor | None) -> tuple[float, float]:
         if self.config.target_stats is not None:
             return float(self.config.target_stats[0]), float(self.config.target_stats[1])
+        assert counts is not None
         y = counts.double()
         mean, std = float(y.mean()), float(y.std(correction=0))
         if not std > 0:
@@ -1126,53 +1169,67 @@ class Trainer:
         self,
         step_model: nn.Module,
         optimizer: torch.optim.Optimizer,
-        images: torch.Tensor,
-        counts: torch.Tensor,
+        data: TrainInput,
+        bs: int,
         epoch: int,
         mean: float,
         std: float,
         fmt: torch.memory_format,
+        comm: Collective,
+        scaler: torch.amp.GradScaler,
     ) -> float:
-        """One pass over the data; the mean training loss (regression: in counts²)."""
+        """One pass over the data; the mean training loss (regression: in counts²).
+
+        The epoch's sample order is drawn from the ``(seed, epoch)`` generator and dealt to
+        the processes by :meth:`Collective.shard_order` (the identity in one process).
+        """
         cfg = self.config
         device = self.device
-        n = images.shape[0]
-        bs = self._batch_size(images.ndim)
         gen = _epoch_generator(cfg.seed, epoch)
-        order = torch.randperm(n, generator=gen) if cfg.shuffle else torch.arange(n)
-        order = order.to(images.device)
+        n = data.length(epoch)
+        order = None
+        if n is not None:  # tensors and map-style datasets; loaders keep their own order
+            order = torch.randperm(n, generator=gen) if cfg.shuffle else torch.arange(n)
+            order = comm.shard_order(order)
+        if comm.rank > 0:  # other ranks: own dropout and augmentation streams, per epoch
+            torch.manual_seed(seed_for_rank(cfg.seed, epoch, comm.rank, 1))
+            gen = torch.Generator().manual_seed(seed_for_rank(cfg.seed, epoch, comm.rank, 0))
         regression = cfg.objective == "regression"
-        autocast = cfg.precision == "bf16"
+        amp = torch.float16 if cfg.precision == "fp16" else torch.bfloat16
         self.model.train()
         total = torch.zeros((), dtype=torch.float64, device=device)
         seen = 0
-        for begin in range(0, n, bs):
-            idx = order[begin : begin + bs]
-            b = idx.numel()
-            if cfg.drop_last and b < bs:
-                break
-            x = images.index_select(0, idx).to(device, non_blocking=True)
-            if self.augment is not None:
-                x = self.augment(x, generator=gen)
-            x = _to_format(x, fmt)
-            y = counts.index_select(0, idx).to(device, torch.float32, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                out = _batch_output(step_model(x), b)
-            if regression:
-                loss = F.mse_loss(out.float(), (y - mean) / std)
-            else:
-                loss = F.binary_cross_entropy_with_logits(out.float(), (y > 0).float())
-            optimizer.zero_grad(set_to_none=True)
-            torch.autograd.backward(loss)
-            optimizer.step()
-            total += loss.detach().double() * b
-            seen += b
-        if seen == 0:
-            raise ValueError(
-                f"no training batch in epoch {epoch}: {n} images with batch_size={bs} and "
-                "drop_last=True"
-            )
-        mean_loss = float(total) / seen
+        batches = data.batches(
+            epoch, order, bs, cfg.drop_last, seed_for_rank(cfg.seed, epoch, comm.rank, 2)
+        )
+        with comm.join(step_model, enable=n is None):  # loaders: ranks may differ in batches
+            for x, y in batches:
+                b = x.shape[0]
+                x = x.to(device, non_blocking=True)
+                if self.augment is not None:
+                    x = self.augment(x, generator=gen)
+                x = _to_format(x, fmt)
+                y = y.to(device, torch.float32, non_blocking=True)
+                with torch.autocast(device.type, dtype=amp, enabled=cfg.precision != "fp32"):
+                    out = _batch_output(step_model(x), b)
+                if regression:
+                    loss = F.mse_loss(out.float(), (y - mean) / std)
+                else:
+                    loss = F.binary_cross_entropy_with_logits(out.float(), (y > 0).float())
+                optimizer.zero_grad(set_to_none=True)
+                if scaler.is_enabled():  # fp16: scaled loss, steps skipped on overflow
+                    torch.autograd.backward(scaler.scale(loss))
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    torch.autograd.backward(loss)
+                    optimizer.step()
+                total += loss.detach().double() * b
+                seen += b
+        summed, count = comm.sum([float(total), seen])
+        if count == 0:
+            raise ValueError(f"no training batch in epoch {epoch}: {data.describe(epoch, bs)}")
+        mean_loss = summed / count
         return mean_loss * std**2 if regression else mean_loss
 
     def _forward(self, images: torch.Tensor, bs: int, fmt: torch.memory_format) -> torch.Tensor:
@@ -1194,16 +1251,11 @@ class Trainer:
         fmt: torch.memory_format,
     ) -> tuple[float, float]:
         """Validation loss and metric (count MAE, or presence accuracy)."""
-        out = self._forward(images, self._eval_batch_size(images.ndim, None), fmt).double()
-        y = counts.to(out.device, torch.float64)
-        if self.config.objective == "regression":
-            err = out * std + mean - y
-            return float((err**2).mean()), float(err.abs().mean())
-        present = (y > 0).double()
-        loss = F.binary_cross_entropy_with_logits(out, present)
-        return float(loss), float(((out > 0).double() == present).double().mean())
+        out = self._forward(images, self._eval_batch_size(images.ndim, None), fmt)
+        regression = self.config.objective == "regression"
+        return score_outputs(out, counts, regression=regression, mean=mean, std=std)
 
-    def _resume_state(self, resume: bool | PathLike) -> dict[str, Any] | None:
+    def _resume_state(self, resume: bool | PathLike, world: int = 1) -> dict[str, Any] | None:
         if resume is False:
             return None
         if resume is True:
@@ -1225,16 +1277,30 @@ class Trainer:
         diff = [
             f"{k}: {saved.get(k)!r} -> {now[k]!r}"
             for k in _RESUME_FIELDS
-            if _plain(saved.get(k)) != _plain(now[k])
+            if k != "batch_size" and _plain(saved.get(k)) != _plain(now[k])
         ]
+        batch = global_batch_change(
+            saved.get("batch_size"), int(state.get("world_size", 1)), now["batch_size"], world
+        )  # another number of processes may resume, with the same global batch
+        diff += [] if batch is None else [batch]
         if diff:
             raise ValueError(f"cannot resume {path} with different settings: {'; '.join(diff)}")
         return state
 
-    def _restore(self, state: Mapping[str, Any], optimizer: torch.optim.Optimizer) -> None:
+    def _restore(
+        self,
+        state: Mapping[str, Any],
+        optimizer: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler,
+        rank: int = 0,
+    ) -> None:
         self.model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        _rng_restore(state["rng"], cuda=self.device.type == "cuda")
+        if scaler.is_enabled() and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        # Every rank takes rank 0's CPU-side generators (a sampler must draw alike on all);
+        # the CUDA ones only rank 0 (the others reseed theirs every epoch).
+        _rng_restore(state["rng"], cuda=self.device.type == "cuda" and rank == 0)
 
     def _write_history(self, history: Mapping[str, list[float]]) -> None:
         assert self.out_dir is not None
@@ -1274,6 +1340,8 @@ class Trainer:
         optimizer: torch.optim.Optimizer,
         stop_reason: StopReason | None,
         cuda_devices: list[int],
+        comm: Collective,
+        scaler: torch.amp.GradScaler,
     ) -> None:
         assert self.out_dir is not None
         cfg = self.config
@@ -1294,6 +1362,8 @@ class Trainer:
                 "elapsed": run.elapsed,
                 "stop_reason": stop_reason,
                 "config": cfg.to_dict(),
+                "world_size": comm.world,
+                "scaler": scaler.state_dict() if scaler.is_enabled() else {},
             },
             self.out_dir / _LAST,
         )
