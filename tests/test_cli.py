@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 import runpy
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -376,27 +374,6 @@ def test_console_script_and_module_run(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- docs, examples
-def test_nifti_tutorial_runs(tmp_path: Path, monkeypatch: Any, capsys: Any) -> None:
-    """Every block of docs/nifti.md, in order: python blocks executed, every ``wsdet``
-    line of the bash blocks run through the command's main (exit code 0)."""
-    monkeypatch.chdir(tmp_path)
-    text = (ROOT / "docs" / "nifti.md").read_text()
-    blocks = re.findall(r"```(python|bash)\n(.*?)```", text, flags=re.S)
-    assert sum(kind == "bash" for kind, _ in blocks) >= 3
-    namespace: dict[str, object] = {"__name__": "__docs__"}
-    ran = 0
-    for i, (kind, code) in enumerate(blocks):
-        if kind == "python":
-            exec(compile(code, f"docs/nifti.md[block {i}]", "exec"), namespace)
-            continue
-        for line in code.replace("\\\n", " ").splitlines():
-            if line.startswith("wsdet "):
-                assert main(shlex.split(line)[1:]) == 0, line
-                ran += 1
-    assert ran >= 4
-    assert Path("results/case00.mrk.json").is_file() and Path("froc.png").is_file()
-
-
 @pytest.mark.parametrize("name", ["example_2d.py", "example_nifti_3d.py", "example_evaluate.py"])
 def test_examples_run_at_smoke_size(name: str, tmp_path: Path, monkeypatch: Any) -> None:
     monkeypatch.chdir(tmp_path)

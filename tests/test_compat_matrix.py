@@ -27,7 +27,6 @@ the input untouched, autograd mode restored.
 from __future__ import annotations
 
 import copy
-import re
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -432,12 +431,3 @@ def test_renderer_follows_the_data() -> None:
     assert "`one_voxel`" in render_matrix([edited])
     with pytest.raises(ValueError, match="markers"):
         update_page("no markers here")
-
-
-def test_docs_page_code_blocks_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    code = re.findall(r"```python\n(.*?)```", PAGE.read_text(encoding="utf-8"), flags=re.S)
-    assert code
-    namespace: dict[str, object] = {"__name__": "__docs__"}
-    for i, block in enumerate(code):
-        exec(compile(block, f"bring_your_own_model.md[block {i}]", "exec"), namespace)

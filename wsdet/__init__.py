@@ -6,14 +6,22 @@ does not import torch.
 >>> import wsdet
 >>> "gp_unet" in wsdet.available_methods()
 True
+>>> from importlib.metadata import version
+>>> wsdet.__version__ == version("wsdet")
+True
 """
 
 from __future__ import annotations
 
 import importlib
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
+from importlib.metadata import version as _version
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0.dev0"
+try:
+    __version__ = _version("wsdet")  # the installed distribution's metadata
+except _PackageNotFoundError:  # pragma: no cover - a source tree that was never installed
+    __version__ = "0+unknown"
 
 _LAZY = {
     "AttentionMethod": "wsdet.attention",

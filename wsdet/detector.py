@@ -52,6 +52,7 @@ class Detector:
     --------
     >>> import torch, wsdet
     >>> from wsdet.models import GPUnet
+    >>> _ = torch.manual_seed(0)
     >>> det = wsdet.Detector(GPUnet(dim=2), method="gp_unet")
     >>> x = torch.rand(2, 1, 32, 32)
     >>> det.attention(x).shape

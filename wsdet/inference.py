@@ -262,9 +262,10 @@ def run_detection(
     --------
     >>> import tempfile
     >>> from wsdet.models import GPUnet
+    >>> _ = torch.manual_seed(0)
     >>> volumes = [torch.rand(1, 16, 16) for _ in range(3)]
     >>> det = Detector(GPUnet(dim=2), method="gp_unet")
-    >>> out = run_detection(volumes, det, tempfile.mkdtemp(), n=2)
+    >>> out = run_detection(volumes, det, tempfile.mkdtemp(), n=2, negatives="keep")
     >>> [len(d) for d in out]
     [2, 2, 2]
     """

@@ -277,8 +277,12 @@ class TrainConfig:
     checkpoint_every : int, default 1
         Write the training state every this many epochs (when the trainer has an ``out_dir``).
     progress : {"auto", "bar", "log", "none"}, default "auto"
-        ``"auto"``: a tqdm bar when tqdm is installed and stderr is a terminal, else ``"log"``:
-        one ``logging`` line (logger ``wsdet.train``) every ``log_every`` epochs.
+        ``"bar"``: a tqdm bar (the ``progress`` extra), a widget in Jupyter. ``"log"``: one
+        ``logging`` line (logger ``wsdet.train``) every ``log_every`` epochs. ``"auto"``: a
+        bar when tqdm is installed and stderr is a terminal or the code runs in a Jupyter
+        kernel; else the log lines when logging is configured to show them (the ``wsdet``
+        command does); else the same lines printed to stderr, after the first epoch and then
+        every ``log_every`` epochs, so that progress shows in a notebook or a batch job.
     log_every : int, default 10
         Epochs between log lines.
 
@@ -651,20 +655,28 @@ def _batch_output(out: object, batch: int) -> torch.Tensor:
 
 
 class _Progress:
-    """A tqdm bar over epochs, or one log line every ``log_every`` epochs."""
+    """A tqdm bar over epochs, or one line every ``log_every`` epochs (logged or printed)."""
 
     def __init__(self, mode: ProgressMode, total: int, start: int, log_every: int) -> None:
         self.bar: Any = None
         self.log_every = log_every
-        self.mode = mode
+        self.start = start
+        self.mode: str = mode
         if mode == "auto":
-            self.mode = "log"
             tty = sys.stderr is not None and sys.stderr.isatty()
-            if tty and importlib.util.find_spec("tqdm") is not None:
+            if importlib.util.find_spec("tqdm") is not None and (tty or "ipykernel" in sys.modules):
                 self.mode = "bar"
+            elif logger.isEnabledFor(logging.INFO) and logger.hasHandlers():
+                self.mode = "log"
+            else:  # nothing would show a log line: print it
+                self.mode = "print"
         if self.mode == "bar":
-            from tqdm.auto import tqdm as tqdm_bar
-
+            try:
+                from tqdm.auto import tqdm as tqdm_bar
+            except ImportError:
+                raise ImportError(
+                    "progress='bar' needs tqdm: pip install 'wsdet[progress]'"
+                ) from None
             self.bar = tqdm_bar(total=total, initial=start, unit="epoch", dynamic_ncols=True)
 
     def update(self, row: Mapping[str, float], best_epoch: int) -> None:
@@ -677,6 +689,9 @@ class _Progress:
         elif self.mode == "log" and (epoch + 1) % self.log_every == 0:
             text = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
             logger.info("epoch %d: %s (best epoch %d)", epoch, text, best_epoch)
+        elif self.mode == "print" and (epoch == self.start or (epoch + 1) % self.log_every == 0):
+            text = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+            print(f"epoch {epoch}: {text} (best epoch {best_epoch})", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

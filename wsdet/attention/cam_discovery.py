@@ -443,6 +443,21 @@ def smallest_input(
 
 
 def last_pool_index(model: nn.Module, x: Tensor) -> int | None:
+    """The rank of the last global average or sum pooling in ``model``'s forward pass on ``x``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network; run once without gradients, its state restored afterwards.
+    x : Tensor
+        An input ``(B, C, *S)``.
+
+    Returns
+    -------
+    int or None
+        The ``index`` of the :class:`~wsdet.attention.pooling.PoolCall` of the last global
+        mean or sum pooling (max pooling is not counted), or None when there is none.
+    """
     layers_seen: list[int] = []
 
     def on_pool(call: PoolCall, feats: Tensor, pooled: Tensor) -> None:
