@@ -11,6 +11,7 @@ from wsdet.attention.cam import CAM, GatedAttentionCAM, GPUnetNoResidualCAM
 from wsdet.attention.gradcam import GradCAM
 from wsdet.attention.gradient import GuidedBackprop, InputGradient
 from wsdet.attention.intensity import Intensity
+from wsdet.attention.tiling import TiledAttention
 
 __all__ = [
     "CAM",
@@ -21,6 +22,7 @@ __all__ = [
     "GuidedBackprop",
     "InputGradient",
     "Intensity",
+    "TiledAttention",
     "available_methods",
     "get_method",
     "instrumented",
