@@ -263,3 +263,83 @@ def test_coarse_features_warn_once() -> None:
         warnings.simplefilter("error")
         det.attention(torch.rand(1, 1, 64, 64))  # once per method object
         wsdet.Detector(Strided()).attention(torch.rand(1, 1, 17, 17))  # 2 * 16 >= 17
+
+
+# ------------------------------------------------------------- review regressions
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_models_keep_working(dtype: torch.dtype) -> None:
+    from wsdet.models import GPUnet
+
+    torch.manual_seed(0)
+    m = GPUnet(dim=2, width=4).eval().to(dtype)
+    x = torch.rand(2, 1, 16, 16, dtype=dtype)
+    declared = wsdet.Detector(m).attention(x)  # wsdet_layers() features, verified
+    auto = wsdet.Detector(nn.Sequential(m)).attention(x)
+    ref = torch.einsum("bkhw,k->bhw", _conv5(m, x).float(), m.head.weight[0].detach().float())
+    for maps in (declared, auto):
+        assert maps.dtype == dtype
+        torch.testing.assert_close(maps.float(), ref.float(), rtol=2e-2, atol=2e-2)
+
+
+def _conv5(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    got: list[torch.Tensor] = []
+    h = m.conv5.register_forward_hook(lambda mod, i, o: got.append(o.detach()))
+    try:
+        with torch.no_grad():
+            m(x)
+    finally:
+        h.remove()
+    return got[0]
+
+
+def test_explicit_features_of_a_sum_pooled_head() -> None:
+    torch.manual_seed(0)
+    m = Functional("sum").eval()
+    x = torch.rand(2, 1, 8, 8)
+
+    class Named(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = m
+            self.act = nn.ReLU()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            f = self.act(m.conv2(torch.relu(m.conv1(x))))
+            return m.fc(f.sum((2, 3))).squeeze(1)
+
+    named = Named()
+    maps = wsdet.Detector(named, features="act").attention(x)
+    torch.testing.assert_close(maps, wsdet.Detector(named).attention(x))
+    torch.testing.assert_close(maps, hand_cam(m, x), rtol=1e-5, atol=1e-4)
+
+
+def test_compiled_model_grad_cam_layer_by_its_eager_name() -> None:
+    m = Functional("mean").eval()
+    det = wsdet.Detector(torch.compile(m), method="grad_cam", layer="conv2")
+    assert det.method.layer == "conv2"
+    assert det.attention(torch.rand(1, 1, 8, 8)).shape == (1, 8, 8)
+
+
+def test_tiled_grad_cam_with_a_callable_target_on_a_dict_output() -> None:
+    class DictOut(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+            self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+            self.fc = nn.Linear(4, 1)
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            f = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+            return {"count": self.fc(f.mean((2, 3)))[:, 0]}
+
+    torch.manual_seed(0)
+    m = DictOut().eval()
+    x = torch.rand(1, 1, 32, 32)
+    det = wsdet.Detector(m, method="grad_cam", target=lambda o: o["count"])
+    whole = det.attention(x)
+    tiled = wsdet.Detector(m, method="grad_cam", target=lambda o: o["count"]).attention(
+        x, tile_size=(16, 16)
+    )
+    torch.testing.assert_close(tiled, whole, rtol=1e-5, atol=1e-5 * float(whole.abs().max()))

@@ -50,6 +50,7 @@ __all__ = [
     "find_peaks_batch",
     "parse_n",
     "round_half_up",
+    "select_top_n",
 ]
 
 Negatives = Literal["clip", "abs", "keep"]
@@ -440,6 +441,8 @@ def parse_n(n: NArg, batch: int) -> list[Any]:
 
     if n is None or (isinstance(n, str) and n == "all"):
         return [n] * batch
+    if isinstance(n, (np.ndarray, Tensor)) and n.ndim == 0:
+        n = n.item()
     if ok(n):
         return [n] * batch
     if isinstance(n, (Sequence, np.ndarray, Tensor)) and not isinstance(n, str):
@@ -574,3 +577,17 @@ def detect_maps(
             )
         )
     return out
+
+
+def select_top_n(
+    coords: np.ndarray, scores: np.ndarray, n: float | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``round_half_up(n)`` of candidates already ranked (all when ``n`` is ``None``).
+
+    Kept for compatibility; :func:`detect_maps` and :func:`wsdet.metrics.top_n` apply the
+    same rule (:func:`round_half_up`).
+    """
+    if n is None:
+        return coords, scores
+    k = round_half_up(float(n))
+    return coords[:k], scores[:k]

@@ -27,6 +27,10 @@ _CONV_NDIM: dict[type[nn.Module], int] = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d:
 _STOCHASTIC = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
 
 
+class _FirstConv(Exception):
+    """Raised by the input-hint probe at the first convolution called."""
+
+
 class Detector:
     """Turn a counting network into a point detector.
 
@@ -113,8 +117,8 @@ class Detector:
         first: list[nn.Module] = []
 
         def pre(mod: nn.Module, inp: Any) -> None:
-            if not first:
-                first.append(mod)
+            first.append(mod)
+            raise _FirstConv  # stop here: only the first convolution's input matters
 
         with instrumented(self.model) as ins, torch.no_grad():
             for m in self.model.modules():
@@ -169,6 +173,8 @@ class Detector:
         with model_lock(self.model), self._mode():
             try:
                 return call(x)
+            except torch.cuda.OutOfMemoryError:  # not an input problem: no second pass
+                raise
             except RuntimeError as e:
                 hint = self._input_hint(x)
                 if hint is None:

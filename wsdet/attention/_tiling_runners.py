@@ -32,7 +32,7 @@ from wsdet.attention._tiling_plan import (
 )
 from wsdet.attention._tiling_probe import TilingGeometry
 from wsdet.attention.base import instrumented, select_target, upsample_to
-from wsdet.attention.cam import CAM, discover_cam_layers, fuse_with_intensity
+from wsdet.attention.cam import CAM, check_identity, discover_cam_layers, fuse_with_intensity
 from wsdet.attention.gradcam import GradCAM, discover_gradcam_layer
 from wsdet.attention.gradient import GuidedBackprop, InputGradient, reduce_channels
 from wsdet.attention.intensity import Intensity
@@ -156,7 +156,7 @@ def run_cam(
                     maps[s] = m.new_zeros((b, *full[s]))
                 local, glob = feature_core(tile, p.factor, f.shape[2:], plan.size)
                 maps[s][map_index(glob)] = m[map_index(local)]  # type: ignore[index]
-            _check_identity(pred + bias, select_target(out, method.target, b))
+            check_identity(pred + bias, select_target(out, method.target, b), x.dtype, "on a tile")
     y = torch.zeros(b, dtype=torch.float64, device=x.device) + bias
     total: Tensor | None = None
     for s, p in enumerate(pools):
@@ -171,19 +171,6 @@ def run_cam(
     if method.fuse_intensity:
         total = fuse_with_intensity(total, x[:, method.fuse_channel])
     return total.to(x.dtype), y.to(out.dtype if isinstance(out, Tensor) else x.dtype)
-
-
-def _check_identity(pred: Tensor, y: Tensor) -> None:
-    yd = y.detach().double()
-    tol = 1e-4 * max(1.0, float(yd.abs().max()), float(pred.abs().max()))
-    if y.dtype == torch.float64:
-        tol = 1e-9 * max(1.0, float(yd.abs().max()))
-    err = float((pred - yd).abs().max())
-    if not err <= tol:
-        raise ValueError(
-            f"tiling: CAM identity failed on a tile: mean(map) + bias differs from the tile's "
-            f"output by {err:.3g}; the pooled features are not what the head reads"
-        )
 
 
 # ------------------------------------------------------------------ grad / guided
@@ -250,7 +237,7 @@ def run_gradcam(
     """Grad-CAM: ``α`` from core-seeded gradients at the layer, then ``Σ_k α_k f_k`` on cores."""
     model = method.model
     if method._layer is None:
-        method._layer = discover_gradcam_layer(model, probe_input(x, geometry))
+        method._layer = discover_gradcam_layer(model, probe_input(x, geometry), method.target)
     name, module, call = method._layer
     calls = geometry.layer_factors.get(name)
     if not calls or not -len(calls) <= call < len(calls):

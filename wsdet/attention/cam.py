@@ -40,6 +40,7 @@ from wsdet.attention.base import (
 from wsdet.attention.cam_discovery import (
     CAMLayers,
     discover_cam_layers,
+    float_rtol,
     last_pool_index,
     smallest_input,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "CAMLayers",
     "GPUnetNoResidualCAM",
     "GatedAttentionCAM",
+    "check_identity",
     "discover_cam_layers",
     "fuse_with_intensity",
 ]
@@ -230,24 +232,27 @@ class CAM(AttentionMethod):
                 m = upsample_to(m, size)
                 maps = m if maps is None else maps + m
             assert maps is not None
-            _check_identity(means + float(bias), y, layers)
+            what = f"features {[n for n, _ in layers.features]}, head {layers.head!r}"
+            check_identity(means + float(bias), y, feats[0].dtype, what)
             if self.fuse_intensity:
                 maps = fuse_with_intensity(maps, x[:, self.fuse_channel])
             return maps.to(x.dtype), y
 
 
-def _check_identity(pred: Tensor, y: Tensor, layers: CAMLayers) -> None:
-    """``Σ_s scale_s · mean(Σ_k w_k f_k) + bias`` must be the explained output."""
+def check_identity(pred: Tensor, y: Tensor, dtype: torch.dtype, what: str) -> None:
+    """``Σ_s scale_s · mean(Σ_k w_k f_k) + bias`` (``pred``) must be the explained output.
+
+    The tolerance follows the features' ``dtype`` (:func:`float_rtol`: 1e-4 relative in
+    float32, looser in float16/bfloat16, 1e-9 in float64).
+    """
     yd = y.detach().double()
-    tol = 1e-4 * max(1.0, float(yd.abs().max()), float(pred.abs().max()))
-    if yd.dtype == torch.float64 and y.dtype == torch.float64:
-        tol = 1e-9 * max(1.0, float(yd.abs().max()))
+    tol = float_rtol(dtype) * max(1.0, float(yd.abs().max()), float(pred.abs().max()))
     err = float((pred - yd).abs().max())
     if not err <= tol:
         raise ValueError(
             f"CAM identity failed: mean(map) + bias differs from the output by {err:.3g} "
-            f"(features {[n for n, _ in layers.features]}, head {layers.head!r}); the "
-            "features are not what the head pools. Check features=/head=, or use 'auto'"
+            f"({what}); the features are not what the head pools. Check features=/head=, "
+            "or use 'auto'"
         )
 
 

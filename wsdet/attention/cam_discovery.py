@@ -30,7 +30,13 @@ from wsdet.attention.base import (
 )
 from wsdet.attention.pooling import ForwardWatch, PoolCall
 
-__all__ = ["CAMLayers", "discover_cam_layers", "last_pool_index", "smallest_input"]
+__all__ = [
+    "CAMLayers",
+    "discover_cam_layers",
+    "float_rtol",
+    "last_pool_index",
+    "smallest_input",
+]
 
 _UNDEFINED = "CAM needs a model whose explained output is a Linear layer of globally pooled "
 _UNDEFINED += "feature maps: "
@@ -76,16 +82,24 @@ def _spatial_mean(t: Tensor) -> Tensor:
     return t.flatten(2).float().mean(-1)
 
 
+def float_rtol(dtype: torch.dtype) -> float:
+    """Relative tolerance for comparing sums computed in ``dtype`` (1e-4 in float32)."""
+    if not dtype.is_floating_point:
+        return 1e-4
+    return max(1e-4, 16 * float(torch.finfo(dtype).eps)) if dtype != torch.float64 else 1e-9
+
+
 def _match_offset(h: Tensor, m: Tensor) -> list[int]:
     """Offsets ``j`` where ``h[:, j:j+C]`` equals ``m`` (``(B, C)``) up to float error."""
     c = m.shape[1]
     if c > h.shape[1] or c == 0:
         return []
+    rtol = max(float_rtol(h.dtype), float_rtol(m.dtype), 1e-4)
     h, m = h.double(), m.double()
     scale = float(h.abs().max()) if h.numel() else 1.0
-    atol = 1e-5 * max(scale, 1.0)
+    atol = 0.1 * rtol * max(scale, 1.0)
     windows = h.unfold(1, c, 1)  # (B, K - C + 1, C)
-    close = (windows - m[:, None, :]).abs() <= atol + 1e-4 * m.abs()[:, None, :]
+    close = (windows - m[:, None, :]).abs() <= atol + rtol * m.abs()[:, None, :]
     return [int(j) for j in torch.nonzero(close.all(2).all(0)).flatten()]
 
 
@@ -366,6 +380,7 @@ def _verify_explicit(
         )
         found_text += "; use features='auto'."
     parts = []
+    calls: list[PoolCall] = []
     for name in explicit:
         if name not in seen.modules:
             raise ValueError(f"features: {name!r} did not return a (B, C, *S) tensor in forward")
@@ -376,7 +391,14 @@ def _verify_explicit(
                 "the pooled vector (or too coarse), not the feature maps that are pooled."
                 + found_text
             )
-        parts.append(mean)
+        # the module's output pooled as it is (by mean or sum): the pooled vector itself,
+        # exactly what the head reads, in the model's own dtype
+        pooled = [r for r in seen.pools if r[2] == name and r[0].kind != "max"]
+        if pooled:
+            calls.append(pooled[-1][0])
+            parts.append(pooled[-1][1])
+        else:
+            parts.append(mean)
     cat = torch.cat(parts, 1)
     if cat.shape[1] != h.shape[1] or _match_offset(h, cat) != [0]:
         dev = (
@@ -391,7 +413,8 @@ def _verify_explicit(
             f"features: the spatial means of {explicit} are not the input of the head "
             f"{hname!r} ({detail}), so CAM on them would be wrong." + found_text
         )
-    return CAMLayers(hname, tuple((n, -1) for n in explicit), row=row, head_call=hidx)
+    pools = tuple(calls) if len(calls) == len(explicit) else None
+    return CAMLayers(hname, tuple((n, -1) for n in explicit), row=row, pools=pools, head_call=hidx)
 
 
 def smallest_input(

@@ -151,7 +151,7 @@ class GradCAM(AttentionMethod):
         self.relu = relu
         self._layer: tuple[str, nn.Module, int] | None = None
         if not (isinstance(layer, str) and layer == "auto"):
-            name, mod = resolve_module(model, layer, "layer")
+            name, mod = resolve_module(self.model, layer, "layer")  # the unwrapped model
             self._layer = (name, mod, -1)
 
     @property

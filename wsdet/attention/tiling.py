@@ -287,7 +287,9 @@ class TiledAttention(AttentionMethod):
             layer = None
             if isinstance(method, GradCAM):
                 if method._layer is None:
-                    method._layer = discover_gradcam_layer(model, probe_input(x, geo))
+                    method._layer = discover_gradcam_layer(
+                        model, probe_input(x, geo), method.target
+                    )
                 layer = method._layer
             verify_tiling(model, x, geo, halo, split, target=method.target, layer=layer)
             self.probe_seconds = time.perf_counter() - t0
