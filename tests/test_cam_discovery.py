@@ -106,7 +106,7 @@ def test_the_pooled_tensor_is_named_when_a_module_returns_it() -> None:
         nn.Linear(3, 1),
     )
     layers = discover_cam_layers(seq, torch.rand(2, 1, 6, 6))
-    assert layers.features == (("1", -1),) and layers.head == "4"
+    assert layers.features == (("1", 0),) and layers.head == "4"
     # after an in-place functional op the module's output is no longer what is pooled
     layers = discover_cam_layers(Functional("inplace_functional"), torch.rand(2, 1, 6, 6))
     assert layers.features[0][0].startswith("<tensor pooled by adaptive_avg_pool2d")

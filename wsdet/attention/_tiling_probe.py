@@ -314,8 +314,16 @@ def _probe_once(
             index: tuple[int | slice, ...] = (0, slice(None), *centre)
             pert[index] += delta
             batch = torch.cat([base, pert]).to(device=device, dtype=dtype)
-            with torch.inference_mode(), ForwardWatch(2, nd + 2, on_pool=on_pool):
+            watch = ForwardWatch(2, nd + 2, on_pool=on_pool)
+            with torch.inference_mode(), watch:
                 model(batch)
+            if watch.spatial_after_pool:
+                raise ValueError(
+                    "tiling: the model is not local: a global pooling in the middle of the "
+                    "network feeds later spatial computations (first: "
+                    f"{watch.spatial_after_pool[0]!r} after pooling call #0), e.g. "
+                    f"squeeze-excitation or an attention gate; {_NONLOCAL_HINT}"
+                )
             first[0] = False
     return obs
 

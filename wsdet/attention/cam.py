@@ -147,7 +147,9 @@ class CAM(AttentionMethod):
         named = dict(model.named_modules())
         feats: dict[int, Tensor] = {}
         lin: list[tuple[Tensor, Tensor | None]] = []
-        if layers.pools is None:  # explicit modules, read with forward hooks
+        # Module outputs are read with forward hooks (no per-op cost); tensors pooled after a
+        # functional op need the ForwardWatch, which sees every torch call of the pass.
+        if layers.head in named and all(n in named for n, _ in layers.features):
             captured: dict[int, list[Tensor]] = {i: [] for i in range(len(layers.features))}
 
             def make_hook(i: int) -> Callable[[nn.Module, Any, Any], None]:
@@ -167,6 +169,7 @@ class CAM(AttentionMethod):
             head = named[layers.head]
             weight, bias = head.weight, head.bias
         else:
+            assert layers.pools is not None
             want = {p.index: i for i, p in enumerate(layers.pools)}
             hidx = layers.head_call
 

@@ -138,6 +138,7 @@ class _Seen:
     """What one watched forward pass saw (small tensors only: ``(B, C)`` vectors)."""
 
     pools: list[tuple[PoolCall, Tensor, str | None, str | None]]
+    calls: list[int]  # per pooling: which call of the labelled module returned the tensor
     linears: list[tuple[int, Tensor, Tensor, Tensor, Tensor | None]]
     modules: dict[str, tuple[Tensor, tuple[int, ...]]]
     output: Any
@@ -147,9 +148,9 @@ def _watch(model: nn.Module, x: Tensor, explicit: Sequence[str]) -> _Seen:
     """One forward pass recording pooled vectors, linear calls and the named modules' means."""
     names = {m: n for n, m in model.named_modules()}
     b = x.shape[0]
-    made: dict[int, tuple[weakref.ref[Tensor], str, int]] = {}
+    made: dict[int, tuple[weakref.ref[Tensor], str, int, int]] = {}
     calls: dict[nn.Module, int] = {}
-    seen = _Seen([], [], {}, None)
+    seen = _Seen([], [], [], {}, None)
     wanted = set(explicit)
 
     order: list[tuple[str, tuple[int, ...]]] = []
@@ -158,7 +159,7 @@ def _watch(model: nn.Module, x: Tensor, explicit: Sequence[str]) -> _Seen:
         k = calls.get(mod, 0)
         calls[mod] = k + 1
         if isinstance(out, Tensor) and out.ndim == x.ndim and out.shape[0] == b:
-            made[id(out)] = (weakref.ref(out), names[mod], _version(out))
+            made[id(out)] = (weakref.ref(out), names[mod], _version(out), k)
             order.append((names[mod], tuple(out.shape)))
             if names[mod] in wanted:
                 with torch._C.DisableTorchFunction():  # our own ops are not the model's
@@ -167,11 +168,13 @@ def _watch(model: nn.Module, x: Tensor, explicit: Sequence[str]) -> _Seen:
     def on_pool(call: PoolCall, feats: Tensor, pooled: Tensor) -> None:
         entry = made.get(id(feats))
         label = near = None
+        k = -1
         if entry is not None and entry[0]() is feats and entry[2] == _version(feats):
-            label = entry[1]
+            label, k = entry[1], entry[3]
         else:
             near = next((n for n, s in reversed(order) if s == call.shape), None)
         seen.pools.append((call, pooled.detach().clone(), label, near))
+        seen.calls.append(k)
 
     def on_linear(i: int, inp: Tensor, w: Tensor, bias: Tensor | None, out: Tensor) -> None:
         seen.linears.append((i, inp.detach().clone(), w, out.detach().clone(), bias))
@@ -323,7 +326,7 @@ def discover_cam_layers(
                 f"({list(call.shape[2:])}) for an input of size {list(x.shape[2:])}: the "
                 "input is too small for this network and the map would be constant.",
             )
-    feats = tuple((_pool_label(seen.pools[i][0], seen.pools[i][2]), -1) for i in picked)
+    feats = tuple((_pool_label(seen.pools[i][0], seen.pools[i][2]), seen.calls[i]) for i in picked)
     pools = tuple(seen.pools[i][0] for i in picked)
     return CAMLayers(hname, feats, row=row, pools=pools, head_call=hidx)
 

@@ -113,6 +113,8 @@ _AMAX = {torch.amax, Tensor.amax}
 _FLATTEN = {torch.flatten, Tensor.flatten}
 _RESHAPE = {torch.reshape, Tensor.reshape, Tensor.view}
 _LINEAR = {F.linear, torch._C._nn.linear}
+# calls that return a tensor without computing anything from it
+_METADATA = {Tensor.__getitem__, Tensor.detach, Tensor.contiguous, Tensor.to, Tensor.clone}
 
 
 def _member(table: set[Any], func: Any) -> bool:
@@ -206,6 +208,10 @@ class ForwardWatch(TorchFunctionMode):
         self.on_linear = on_linear
         self.n_pool = 0
         self.n_linear = 0
+        #: Functions that produced a ``(B, C, *S)`` map (``S`` > 1 voxel) after a global
+        #: pooling: the pooled vector then feeds spatial computations (squeeze-excitation,
+        #: attention gates), so the features are not local.
+        self.spatial_after_pool: list[str] = []
         # flatten(t, 2) / t.view(B, C, -1) results -> t, so that a mean over the flattened
         # axis is seen as a spatial mean of t. Weak on both sides: nothing is kept alive.
         self._flat: dict[int, tuple[weakref.ref[Tensor], weakref.ref[Tensor], torch.Size]] = {}
@@ -257,6 +263,14 @@ class ForwardWatch(TorchFunctionMode):
         try:
             operand, kind = _pooled_operand(func, args, kwargs)
         except LookupError:
+            if (
+                self.n_pool
+                and out.ndim == self.ndim
+                and out.shape[0] == b
+                and out.shape[2:].numel() > 1
+                and not _member(_METADATA, func)
+            ):
+                self.spatial_after_pool.append(getattr(func, "__name__", str(func)))
             return result
         feats = self._source(operand)
         if feats.ndim != self.ndim or feats.shape[0] != b or out.numel() != feats.shape[:2].numel():
