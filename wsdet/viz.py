@@ -53,24 +53,31 @@ def _plt() -> Any:
     return plt
 
 
-def _np2d(a: Any, name: str) -> np.ndarray:
+def _array(a: Any, name: str, ndim: int = 2) -> np.ndarray:
+    """``a`` (tensor or array) as a float array of ``ndim`` dims after squeezing."""
     if hasattr(a, "detach"):
         a = a.detach().float().cpu().numpy()
-    arr = np.asarray(a, dtype=float)
-    arr = np.squeeze(arr)
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must be a 2D image (after squeezing), got shape {arr.shape}")
+    arr = np.squeeze(np.asarray(a, dtype=float))
+    if arr.ndim != ndim:
+        what = "a 2D image" if ndim == 2 else f"a {ndim}D volume"
+        raise ValueError(f"{name} must be {what} (after squeezing), got shape {arr.shape}")
     return arr
 
 
-def _pts(p: Any, name: str) -> np.ndarray:
+def _np2d(a: Any, name: str) -> np.ndarray:
+    return _array(a, name, 2)
+
+
+def _pts(p: Any, name: str, ndim: int = 2) -> np.ndarray:
+    """``(k, ndim)`` points (``None`` or empty: none)."""
     if p is None:
-        return np.zeros((0, 2))
+        return np.zeros((0, ndim))
     arr = np.asarray(p, dtype=float)
     if arr.size == 0:
-        return np.zeros((0, 2))
-    if arr.ndim != 2 or arr.shape[1] != 2:
-        raise ValueError(f"{name} must be (k, 2) (row, col) points, got shape {arr.shape}")
+        return np.zeros((0, ndim))
+    if arr.ndim != 2 or arr.shape[1] != ndim:
+        what = "(row, col) points" if ndim == 2 else "voxel indices"
+        raise ValueError(f"{name} must be (k, {ndim}) {what}, got shape {arr.shape}")
     return arr
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from wsdet.viz import _plt, map_style
+from wsdet.viz import _array, _plt, _pts, map_style
 
 __all__ = ["mip", "orthogonal_slices"]
 
@@ -19,23 +19,11 @@ _PLANES = {0: "sagittal", 1: "coronal", 2: "axial"}  # named by the world axis h
 
 
 def _np3d(a: Any, name: str) -> np.ndarray:
-    if hasattr(a, "detach"):
-        a = a.detach().float().cpu().numpy()
-    arr = np.squeeze(np.asarray(a, dtype=float))
-    if arr.ndim != 3:
-        raise ValueError(f"{name} must be a 3D volume (after squeezing), got shape {arr.shape}")
-    return arr
+    return _array(a, name, 3)
 
 
 def _pts3(p: Any, name: str) -> np.ndarray:
-    if p is None:
-        return np.zeros((0, 3))
-    arr = np.asarray(p, dtype=float)
-    if arr.size == 0:
-        return np.zeros((0, 3))
-    if arr.ndim != 2 or arr.shape[1] != 3:
-        raise ValueError(f"{name} must be (k, 3) voxel indices, got shape {arr.shape}")
-    return arr
+    return _pts(p, name, 3)
 
 
 def _geometry(spacing: Any, affine: Any) -> tuple[np.ndarray, list[str]]:
