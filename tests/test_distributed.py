@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
+import wsdet
 from wsdet._io import load_checkpoint
 from wsdet.data.loading import batch_images_counts, collate_counts, item_image_count
 from wsdet.distributed import Collective, global_batch_change
@@ -270,6 +271,13 @@ def test_rerun_skips_finished_volumes_and_refuses_other_settings(tmp_path: Path)
         next(other.model.parameters()).add_(1.0)
     with pytest.raises(ValueError, match="other settings"):  # other weights
         run_detection(worker.Volumes(4), other, tmp_path, n=2)
+    fused = worker.detector()
+    fused = wsdet.Detector(fused.model, method="gp_unet", fuse_intensity=True)
+    with pytest.raises(ValueError, match=r"other settings \(method_options\)"):
+        run_detection(worker.Volumes(4), fused, tmp_path, n=2)  # same weights, other option
+    # tiling is exact, so another tile size is not another setting
+    tiled = run_detection(worker.Volumes(4), worker.detector(), tmp_path, n=2, tile_size=(8, 8, 8))
+    assert_same(tiled, expected)
     with pytest.raises(TypeError, match="indexable"):
         run_detection(iter([]), worker.detector(), tmp_path / "x")
     with pytest.raises(ValueError, match="ids must have one entry"):

@@ -86,6 +86,8 @@ class Detector:
                 f"method must be a registered name or an AttentionMethod subclass, got {method!r}"
             )
         self.method = cls(model, target=target, **options)
+        #: The method's options as given (``target`` included), e.g. for run records.
+        self.options: dict[str, Any] = {"target": target, **options}
         self.model = self.method.model  # a torch.compile-d model's eager module
         self.method_name = cls.name or cls.__name__
         self.eval_mode = bool(eval_mode)

@@ -197,6 +197,18 @@ def read_detections(out_dir: PathLike) -> list[Detections]:
         ]
 
 
+def _describe(value: Any) -> Any:
+    """A method option as JSON: callables and modules by their qualified name."""
+    if isinstance(value, torch.nn.Module):
+        return f"<module {type(value).__qualname__}>"
+    if callable(value):
+        mod = getattr(value, "__module__", "?")
+        return f"<callable {mod}.{getattr(value, '__qualname__', type(value).__qualname__)}>"
+    if isinstance(value, (list, tuple)):
+        return [_describe(v) for v in value]
+    return value
+
+
 def _manifest(out: Path, settings: dict[str, Any]) -> None:
     """Rank 0: write ``run.json``, or check that a previous run had the same settings."""
     path = out / _MANIFEST
@@ -290,11 +302,13 @@ def run_detection(
     comm = Collective.setup(device)
     out = Path(out_dir)
     options = {"n": n, "size": size, "negatives": negatives, "min_value": min_value}
-    options |= {"tile_size": tile_size, "tile_halo": tile_halo}
+    # tile_size/tile_halo are not settings: tiled maps equal the untiled ones
     settings = _plain(
         {
             "format": _FORMAT,
             "method": detector.method_name,
+            "method_options": {k: _describe(v) for k, v in detector.options.items()},
+            "eval_mode": detector.eval_mode,
             "options": options,
             "volumes": total,
             "ids": names,
