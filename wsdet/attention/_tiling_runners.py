@@ -23,6 +23,7 @@ from wsdet.attention._tiling_head import (
     watch,
 )
 from wsdet.attention._tiling_plan import (
+    Tile,
     TilePlan,
     batch_index,
     feature_core,
@@ -176,6 +177,39 @@ def run_cam(
 # ------------------------------------------------------------------ grad / guided
 
 
+def _pool_seeds(
+    feats: dict[int, Tensor],
+    geometry: TilingGeometry,
+    head: Any,
+    acc: Any,
+    tile: Tile,
+    plan: TilePlan,
+    *,
+    everywhere: bool = False,
+) -> tuple[list[Tensor], list[Tensor]]:
+    """The pooled features of a tile and their backward seeds ``(∂y/∂pooled)/N``.
+
+    The seed covers the tile's core positions only (linear methods: tiles add up), or every
+    position of the tile with ``everywhere=True`` (guided backprop keeps only its core).
+    """
+    outs: list[Tensor] = []
+    seeds: list[Tensor] = []
+    for p in geometry.pools:
+        f = feats[p.index]
+        if not f.requires_grad:
+            continue
+        g = _uniform(head.grads[p.index] * acc.scale(p.index, p.kind), f)
+        if everywhere:
+            seed = g.expand_as(f)
+        else:
+            seed = torch.zeros_like(f)
+            local, _ = feature_core(tile, p.factor, f.shape[2:], plan.size)
+            seed[batch_index(local)] = g
+        outs.append(f)
+        seeds.append(seed)
+    return outs, seeds
+
+
 def run_gradient(
     method: InputGradient, x: Tensor, plan: TilePlan, geometry: TilingGeometry
 ) -> tuple[Tensor, Tensor]:
@@ -199,20 +233,7 @@ def run_gradient(
             cap.check(geometry)
             with torch.no_grad():
                 acc.add(tile, cap.feats)
-            outs, seeds = [], []
-            for p in geometry.pools:
-                f = cap.feats[p.index]
-                if not f.requires_grad:
-                    continue
-                g = _uniform(head.grads[p.index] * acc.scale(p.index, p.kind), f)
-                if guided:
-                    seed = g.expand_as(f)
-                else:
-                    seed = torch.zeros_like(f)
-                    local, _ = feature_core(tile, p.factor, f.shape[2:], plan.size)
-                    seed[batch_index(local)] = g
-                outs.append(f)
-                seeds.append(seed)
+            outs, seeds = _pool_seeds(cap.feats, geometry, head, acc, tile, plan, everywhere=guided)
             if not outs:
                 continue
             (gx,) = torch.autograd.grad(outs, leaf, grad_outputs=seeds, allow_unused=True)
@@ -338,18 +359,7 @@ def _gradcam_alpha(
                 z = math.prod(full_feature_size(tile, factor, f_l.shape[2:]))
             with torch.no_grad():
                 acc.add(tile, cap.feats)
-            outs, seeds = [], []
-            for p in geometry.pools:
-                f = cap.feats[p.index]
-                if not f.requires_grad:
-                    continue
-                seed = torch.zeros_like(f)
-                local, _ = feature_core(tile, p.factor, f.shape[2:], plan.size)
-                seed[batch_index(local)] = _uniform(
-                    head.grads[p.index] * acc.scale(p.index, p.kind), f
-                )
-                outs.append(f)
-                seeds.append(seed)
+            outs, seeds = _pool_seeds(cap.feats, geometry, head, acc, tile, plan)
             if not outs:
                 continue
             (g,) = torch.autograd.grad(outs, f_l, grad_outputs=seeds, allow_unused=True)
