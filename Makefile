@@ -54,6 +54,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_attention.py
 	$(PY) benchmarks/bench_metrics.py
 	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_augment.py --repeats 11
 
 clean:
 	rm -rf $(VENV) demo_out site build dist .pytest_cache .mypy_cache .ruff_cache
