@@ -12,8 +12,10 @@ import os
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -215,14 +217,8 @@ def test_load_mnist_errors(tmp_path: Path) -> None:
 
 
 @contextlib.contextmanager
-def serve(directory: Path) -> Iterator[str]:
-    """Serve ``directory`` over HTTP on 127.0.0.1; yields the base URL."""
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    handler = functools.partial(Quiet, directory=str(directory))
+def running(handler: Any) -> Iterator[str]:
+    """Run an HTTP server with ``handler`` on 127.0.0.1; yields its base URL."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -234,6 +230,16 @@ def serve(directory: Path) -> Iterator[str]:
         thread.join()
 
 
+class Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def serve(directory: Path) -> contextlib.AbstractContextManager[str]:
+    """Serve ``directory`` over HTTP on 127.0.0.1; yields the base URL."""
+    return running(functools.partial(Quiet, directory=str(directory)))
+
+
 def closed_port_url() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -241,8 +247,11 @@ def closed_port_url() -> str:
     return f"http://127.0.0.1:{port}/mnist/"
 
 
+Mirror = tuple[Path, dict[str, str], np.ndarray, np.ndarray]
+
+
 @pytest.fixture
-def mirror(tmp_path: Path) -> tuple[Path, dict[str, str], np.ndarray, np.ndarray]:
+def mirror(tmp_path: Path) -> Mirror:
     """A mirror folder with test-written gz IDX files and their md5 table."""
     images, labels = fake_digits(40, seed=3)
     folder = tmp_path / "mirror"
@@ -252,7 +261,7 @@ def mirror(tmp_path: Path) -> tuple[Path, dict[str, str], np.ndarray, np.ndarray
     return folder, md5s, images, labels
 
 
-def test_download_over_http(tmp_path: Path, mirror: tuple) -> None:
+def test_download_over_http(tmp_path: Path, mirror: Mirror) -> None:
     folder, md5s, images, labels = mirror
     dest = tmp_path / "dest" / "nested"
     with serve(folder) as url:
@@ -274,7 +283,7 @@ def test_download_over_http(tmp_path: Path, mirror: tuple) -> None:
 
 
 def test_download_falls_back_after_md5_mismatch_and_unreachable(
-    tmp_path: Path, mirror: tuple
+    tmp_path: Path, mirror: Mirror
 ) -> None:
     folder, md5s, images, _ = mirror
     corrupt = tmp_path / "corrupt"
@@ -292,7 +301,7 @@ def test_download_falls_back_after_md5_mismatch_and_unreachable(
     np.testing.assert_array_equal(load_mnist(dest, "test")[0], images)
 
 
-def test_download_error_names_mirrors_and_leaves_nothing(tmp_path: Path, mirror: tuple) -> None:
+def test_download_error_names_mirrors_and_leaves_nothing(tmp_path: Path, mirror: Mirror) -> None:
     folder, md5s, _, _ = mirror
     dest = tmp_path / "dest"
     unreachable = closed_port_url()
@@ -309,7 +318,7 @@ def test_download_error_names_mirrors_and_leaves_nothing(tmp_path: Path, mirror:
     assert not [p for p in dest.iterdir() if p.name.endswith(".part")]
 
 
-def test_download_replaces_file_with_wrong_md5(tmp_path: Path, mirror: tuple) -> None:
+def test_download_replaces_file_with_wrong_md5(tmp_path: Path, mirror: Mirror) -> None:
     folder, md5s, images, _ = mirror
     dest = tmp_path / "dest"
     dest.mkdir()
@@ -327,11 +336,76 @@ def test_download_argument_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         download_mnist(tmp_path, mirrors=[])
     with pytest.raises(ValueError, match="timeout"):
         download_mnist(tmp_path, timeout=0)
+    with pytest.raises(ValueError, match="deadline must be a number"):
+        download_mnist(tmp_path, deadline=0)
+    with pytest.raises(TypeError, match="deadline"):
+        download_mnist(tmp_path, deadline="60")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="no checksum"):
         download_mnist(tmp_path, splits=["test"], md5s={})
     monkeypatch.delenv("WSDET_MNIST_DIR", raising=False)
     with pytest.raises(ValueError, match="WSDET_MNIST_DIR"):
         download_mnist(None)
+
+
+@contextlib.contextmanager
+def serve_trickle(total: int, interval: float) -> Iterator[str]:
+    """An HTTP server on 127.0.0.1 announcing ``total`` bytes and sending one per
+    ``interval`` seconds (each read returns long before any socket timeout)."""
+    stop = threading.Event()
+
+    class Trickle(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(total))
+            self.end_headers()
+            for _ in range(total):
+                if stop.wait(interval):
+                    return
+                try:
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                except OSError:  # the client gave up
+                    return
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    try:
+        with running(Trickle) as url:
+            yield url
+    finally:
+        stop.set()
+
+
+def test_download_deadline_stops_a_trickling_server(tmp_path: Path, mirror: Mirror) -> None:
+    # 10,000 bytes at one per 0.2 s would take 2,000 s; every read returns within the
+    # 5 s socket timeout, so only the deadline can end the download.
+    _, md5s, _, _ = mirror
+    dest = tmp_path / "dest"
+    start = time.monotonic()
+    with serve_trickle(10_000, 0.2) as url:
+        with pytest.raises(DownloadError) as info:
+            download_mnist(dest, splits=["test"], mirrors=[url], md5s=md5s, timeout=5, deadline=1)
+    elapsed = time.monotonic() - start
+    message = str(info.value)
+    assert url + "t10k-images-idx3-ubyte.gz (exceeded the deadline of 1 s after" in message
+    received = int(message.split("after ")[1].split(" bytes")[0])
+    assert 1 <= received < 100  # it was receiving, and stopped long before the end
+    assert elapsed < 60  # not the 2,000 s of the whole transfer (generous: a loaded machine)
+    assert list(dest.iterdir()) == []  # no partial file, no temporary file
+
+
+def test_download_deadline_moves_on_to_the_next_mirror(tmp_path: Path, mirror: Mirror) -> None:
+    folder, md5s, images, _ = mirror
+    dest = tmp_path / "dest"
+    with serve_trickle(10_000, 0.2) as slow:
+        mirrors = [slow, folder.as_uri() + "/"]
+        download_mnist(dest, splits=["test"], mirrors=mirrors, md5s=md5s, deadline=0.5)
+    np.testing.assert_array_equal(load_mnist(dest, "test")[0], images)
+    assert sorted(p.name for p in dest.iterdir()) == [
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    ]
 
 
 def test_official_md5_table() -> None:
@@ -581,9 +655,15 @@ def test_grid_argument_errors() -> None:
         MNISTGrid(digits.astype(np.float32), labels, 4, 2)
     with pytest.raises(TypeError, match="n_images"):
         MNISTGrid(digits, labels, 4, 2.0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="positive_fraction must be a real number"):
+        MNISTGrid(digits, labels, 4, 2, positive_fraction="0.5")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="positive_fraction must be a finite number"):
+        MNISTGrid(digits, labels, 4, 2, positive_fraction=math.nan)
     grid = MNISTGrid(digits, labels, 4, 2)
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError, match="index 2 out of range for 2 images"):
         grid[2]
+    with pytest.raises(TypeError, match="index must be an int"):
+        grid[False]  # type: ignore[index]
     assert grid[-1]["image"].shape == (1, 140, 196)
 
 
@@ -617,3 +697,19 @@ def test_mnist_grid_splits_on_written_files(tmp_path: Path) -> None:
     np.testing.assert_array_equal(official.test_pool.images, images)
     with pytest.raises(ValueError, match="source"):
         mnist_grid_splits(tmp_path, source="both")  # type: ignore[arg-type]
+
+
+def test_package_keeps_the_former_module_names() -> None:
+    """wsdet.data.mnist became a package: its names, private ones included, still import."""
+    import wsdet.data
+    import wsdet.data.mnist as mnist
+    from wsdet.data.mnist import _fetch, _parse_idx  # noqa: F401
+    from wsdet.data.mnist.download import _fetch as fetch
+
+    assert mnist._fetch is fetch
+    for name in mnist.__all__:
+        assert getattr(wsdet.data, name) is getattr(mnist, name)
+    # the pure IDX parser behind read_idx, on bytes written here from the specification
+    np.testing.assert_array_equal(
+        _parse_idx(bytes([0, 0, 0x08, 1]) + struct.pack(">I", 2) + bytes([5, 6]), "x"), [5, 6]
+    )

@@ -196,7 +196,7 @@ def test_lesion_counts_and_local_maxima(distractors: str, kind: str) -> None:
         6,
         shape=SMALL3D,
         mean_count=4,
-        target_kind=kind,
+        target_kind=kind,  # type: ignore[arg-type]
         distractors=distractors,  # type: ignore[arg-type]
         noise=0.0,
         seed=1,
@@ -270,6 +270,7 @@ def test_lesion_single_slice_annotation() -> None:
         assert float(full.counts[i]) == len(every)
     assert float(full.slice_counts.sum()) >= 3  # the check above is not vacuous
     # the annotated slice passes through the region's centre (the widest cross-section)
+    assert full.mask is not None
     for i in range(6):
         area = full.mask[i].sum(dim=(1, 2)).numpy()
         assert area[int(full.annotated_slice[i])] >= 0.8 * area.max()
@@ -341,3 +342,53 @@ def test_lesion_errors() -> None:
         make_lesion_volumes(1, slice_axis=3)
     with pytest.raises(ValueError, match="could not place"):
         make_lesion_volumes(1, shape=(8, 16, 16), count_distribution=lambda rng: 200)
+
+
+# ------------------------------------------------------------------ the package
+
+
+def test_synthetic_is_the_phantoms_package() -> None:
+    import wsdet.data
+    import wsdet.data.phantoms as phantoms
+    import wsdet.data.synthetic as synthetic
+
+    assert synthetic.__all__ == phantoms.__all__
+    for name in phantoms.__all__:
+        assert getattr(synthetic, name) is getattr(phantoms, name)
+        assert getattr(wsdet.data, name) is getattr(phantoms, name)
+    # the type aliases the old module defined still import from it
+    from wsdet.data.synthetic import CountDistribution, Distractors3D, TargetKind  # noqa: F401
+
+
+def test_phantom_set_indexing() -> None:
+    ds = make_phantoms_2d(4, shape=(24, 24), seed=1)
+    assert torch.equal(ds[-1]["image"], ds.images[3])
+    assert torch.equal(ds[np.int64(2)]["image"], ds.images[2])  # type: ignore[index]
+    np.testing.assert_array_equal(ds[-4]["points"], ds.points[0])
+    with pytest.raises(IndexError, match="index 4 out of range for 4 images"):
+        ds[4]
+    with pytest.raises(IndexError, match="index -5 out of range"):
+        ds[-5]
+    with pytest.raises(TypeError, match="index must be an int"):
+        ds[True]  # type: ignore[index]
+    with pytest.raises(TypeError, match="index must be an int"):
+        ds[1.0]  # type: ignore[index]
+
+
+def test_range_and_scalar_arguments_are_checked() -> None:
+    with pytest.raises(TypeError, match=r"distractors\[1\] must be an int"):
+        make_phantoms_2d(1, distractors=(0, 2.5))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"distractors must be an int or a \(min, max\) pair"):
+        make_phantoms_2d(1, distractors=(0, 1, 2))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"target_amplitude\[1\] must be a finite number"):
+        make_phantoms_2d(1, target_amplitude=(0.5, math.nan))
+    with pytest.raises(ValueError, match="background must be a finite number"):
+        make_phantoms_2d(1, background=math.inf)
+    with pytest.raises(TypeError, match="slice_axis must be an int"):
+        make_lesion_volumes(1, slice_axis=True)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="tissue must be a finite number"):
+        make_lesion_volumes(1, tissue=math.nan)
+    with pytest.raises(ValueError, match="annotation must be one of"):
+        make_lesion_volumes(1, annotation="voxel")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="mean_count must be a finite number >= 0"):
+        make_lesion_volumes(1, mean_count=-1.0)

@@ -2,7 +2,8 @@
 
 * :mod:`wsdet.data.mnist` — IDX reader, verified download, MNIST-grid counting datasets
   (paper §3.1) built from disjoint digit pools.
-* :mod:`wsdet.data.synthetic` — 2D blob phantoms and 3D lesion volumes with point truth.
+* :mod:`wsdet.data.phantoms` — 2D blob phantoms and 3D lesion volumes with point truth
+  (formerly ``wsdet.data.synthetic``, which still re-exports them).
 * :mod:`wsdet.data.augment` — batched random shifts / rotations / flips (paper §3.5).
 
 Points are index coordinates in array axis order — ``(row, col)`` in 2D, ``(z, y, x)``
@@ -17,54 +18,23 @@ from typing import Any
 
 import torch
 
+from wsdet.data import mnist as _mnist
 from wsdet.data.augment import RandomAffine, apply_affine, augment, random_affine, transform_points
-from wsdet.data.mnist import (
-    MNIST_ENV_VAR,
-    MNIST_MD5,
-    MNIST_MIRRORS,
-    DigitPool,
-    DownloadError,
-    GridSampler,
-    GridSplits,
-    IDXFormatError,
-    MNISTGrid,
-    download_mnist,
-    file_md5,
-    find_mnist_files,
-    load_mnist,
-    mnist_grid_splits,
-    read_idx,
-    split_pool,
-)
-from wsdet.data.synthetic import PhantomSet, make_lesion_volumes, make_phantoms_2d
+from wsdet.data.mnist import *  # noqa: F403  (the names of mnist.__all__)
+from wsdet.data.phantoms import PhantomSet, make_lesion_volumes, make_phantoms_2d
 
 __all__ = [
-    "MNIST_ENV_VAR",
-    "MNIST_MD5",
-    "MNIST_MIRRORS",
-    "DigitPool",
-    "DownloadError",
-    "GridSampler",
-    "GridSplits",
-    "IDXFormatError",
-    "MNISTGrid",
     "PhantomSet",
     "RandomAffine",
     "apply_affine",
     "augment",
     "collate_points",
-    "download_mnist",
-    "file_md5",
-    "find_mnist_files",
-    "load_mnist",
     "make_lesion_volumes",
     "make_phantoms_2d",
-    "mnist_grid_splits",
     "random_affine",
-    "read_idx",
-    "split_pool",
     "transform_points",
 ]
+__all__ += _mnist.__all__
 
 
 def collate_points(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -30,6 +30,8 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
+from wsdet._checks import check_float, check_int
+
 __all__ = ["RandomAffine", "apply_affine", "augment", "random_affine", "transform_points"]
 
 PointsT = TypeVar("PointsT", torch.Tensor, npt.NDArray[np.floating])
@@ -122,15 +124,12 @@ def random_affine(
     >>> bool((t.abs() <= 2).all())
     True
     """
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 0:
-        raise ValueError(f"batch must be an int >= 0, got {batch!r}")
+    batch = check_int("batch", batch, minimum=0)
     ndim = len(shape)
     if ndim not in (2, 3):
         raise ValueError(f"shape must have 2 or 3 spatial sizes, got {tuple(shape)}")
-    if not (math.isfinite(max_shift) and max_shift >= 0):
-        raise ValueError(f"max_shift must be a finite number >= 0, got {max_shift}")
-    if not (math.isfinite(max_rotation) and max_rotation >= 0):
-        raise ValueError(f"max_rotation must be a finite number >= 0, got {max_rotation}")
+    max_shift = check_float("max_shift", max_shift, nonnegative=True)
+    max_rotation = check_float("max_rotation", max_rotation, nonnegative=True)
     axes = _flip_axes(flip, ndim)
     if spacing is not None and (
         len(spacing) != ndim or not all(math.isfinite(s) and s > 0 for s in spacing)
@@ -311,9 +310,7 @@ def _generator(generator: torch.Generator | None, seed: int | None) -> torch.Gen
     if generator is not None and seed is not None:
         raise ValueError("pass either generator or seed, not both")
     if seed is not None:
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-        return torch.Generator().manual_seed(seed)
+        return torch.Generator().manual_seed(check_int("seed", seed))
     return generator
 
 

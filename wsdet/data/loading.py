@@ -85,6 +85,18 @@ def _image(value: object, where: str, ndims: tuple[int, ...]) -> Tensor:
     return value
 
 
+def _image_and_count(value: object, where: str, usage: str) -> tuple[object, object]:
+    """The ``"image"`` and ``"count"`` of a dict, or the first two entries of a sequence."""
+    if isinstance(value, Mapping):
+        missing = [k for k in ("image", "count") if k not in value]
+        if missing:
+            raise KeyError(f"{where} has no {missing} (keys {list(value)}): {usage}")
+        return value["image"], value["count"]
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes) and len(value) >= 2:
+        return value[0], value[1]
+    raise TypeError(f"{where} is a {type(value).__name__}: {usage}")
+
+
 def item_image_count(item: object, where: str = "item") -> tuple[Tensor, Tensor]:
     """The image ``(C, *S)`` and the count (0-d float64) of one dataset item.
 
@@ -107,15 +119,7 @@ def item_image_count(item: object, where: str = "item") -> tuple[Tensor, Tensor]
     >>> image.shape, count
     (torch.Size([1, 4, 4]), tensor(2., dtype=torch.float64))
     """
-    if isinstance(item, Mapping):
-        missing = [k for k in ("image", "count") if k not in item]
-        if missing:
-            raise KeyError(f"{where} has no {missing} (keys {list(item)}): {_ITEM_HELP}")
-        image, count = item["image"], item["count"]
-    elif isinstance(item, Sequence) and not isinstance(item, str | bytes) and len(item) >= 2:
-        image, count = item[0], item[1]
-    else:
-        raise TypeError(f"{where} is a {type(item).__name__}: {_ITEM_HELP}")
+    image, count = _image_and_count(item, where, _ITEM_HELP)
     c = torch.as_tensor(count)
     if c.numel() != 1 or c.dtype == torch.bool or c.is_complex():
         raise ValueError(f"{where} count must be one real number; got {count!r}")
@@ -166,15 +170,7 @@ def batch_images_counts(batch: object, where: str = "batch") -> tuple[Tensor, Te
     >>> x.shape, y.shape
     (torch.Size([2, 1, 4, 4]), torch.Size([2]))
     """
-    if isinstance(batch, Mapping):
-        missing = [k for k in ("image", "count") if k not in batch]
-        if missing:
-            raise KeyError(f"{where} has no {missing} (keys {list(batch)}): {_BATCH_HELP}")
-        images, counts = batch["image"], batch["count"]
-    elif isinstance(batch, Sequence) and not isinstance(batch, str | bytes) and len(batch) >= 2:
-        images, counts = batch[0], batch[1]
-    else:
-        raise TypeError(f"{where} is a {type(batch).__name__}: {_BATCH_HELP}")
+    images, counts = _image_and_count(batch, where, _BATCH_HELP)
     x = _image(images, where, (4, 5))
     if not isinstance(counts, Tensor):
         counts = torch.as_tensor(counts)
