@@ -14,67 +14,22 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import nn
+from _train_helpers import LOSSES, Scripted, TinyNet, spot_data
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 
 import wsdet.distributed
-import wsdet.train
-from wsdet.train import TrainConfig, Trainer
+import wsdet.train.checkpoints
+from wsdet.train import TrainConfig, Trainer, TrainResult
 
 GLOBAL_BATCH = 8
 CASES = ("adam", "adadelta_dataset", "loader", "early_stop", "time_budget")
 RESUME_CASES = ("resume_from_one", "resume_to_one")
-
-
-class TinyNet(nn.Module):
-    """conv -> ReLU -> GAP -> Linear(4, 1): a miniature counting network."""
-
-    def __init__(self, dim: int = 2) -> None:
-        super().__init__()
-        conv = nn.Conv2d if dim == 2 else nn.Conv3d
-        self.conv = conv(1, 4, 3, padding=1)
-        self.head = nn.Linear(4, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.relu(self.conv(x)).flatten(2).mean(2)).squeeze(-1)
-
-
-class Scripted(nn.Module):
-    """Validation MSE (val counts all 0) ``losses[e]`` after the e-th training forward pass."""
-
-    def __init__(self, losses: list[float]) -> None:
-        super().__init__()
-        self.losses = losses
-        self.w = nn.Parameter(torch.zeros(()))
-        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        zero = self.w * x.flatten(1).sum(1) * 0.0
-        if self.training:
-            self.calls += 1
-            return zero
-        return zero + math.sqrt(self.losses[int(self.calls) - 1])
-
-
-LOSSES = [5.0, 4.0, 3.0, 3.5, 3.2, 2.9, 3.0, 3.1, 2.95, 3.3, 1.0, 0.5]
-
-
-def spot_data(n: int, seed: int, size: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images with 0-4 bright pixels on a dim background; the count is the number of spots."""
-    gen = torch.Generator().manual_seed(seed)
-    images = torch.rand(n, 1, size, size, generator=gen) * 0.2
-    counts = torch.randint(0, 5, (n,), generator=gen)
-    for i in range(n):
-        pos = torch.randperm(size * size, generator=gen)[: int(counts[i])]
-        images[i, 0].view(-1)[pos] = 1.0
-    return images, counts.float()
 
 
 def _loader(data: Dataset[Any], batch: int, world: int, rank: int, shuffle: bool) -> DataLoader:
@@ -118,7 +73,7 @@ def make_case(
     return Trainer(TinyNet().to(device), cfg, out_dir=out_dir), train, val, {}
 
 
-def result_dict(result: wsdet.train.TrainResult) -> dict[str, Any]:
+def result_dict(result: TrainResult) -> dict[str, Any]:
     out = dataclasses.asdict(result)
     for key in ("best_checkpoint", "last_checkpoint"):
         out[key] = None if out[key] is None else str(out[key])
@@ -157,8 +112,9 @@ def train_main(out: Path) -> None:
     rank, world = where.rank, where.world_size
     assert (world, where.backend) == (2, "gloo")
     recorder = Recorder()
-    wsdet.train.atomic_save = recorder.wrap(wsdet.train.atomic_save)  # type: ignore[assignment]
-    wsdet.train.atomic_write_text = recorder.wrap(wsdet.train.atomic_write_text)  # type: ignore[assignment]
+    files = wsdet.train.checkpoints  # the module that writes the trainer's files
+    files.atomic_save = recorder.wrap(files.atomic_save)  # type: ignore[assignment]
+    files.atomic_write_text = recorder.wrap(files.atomic_write_text)  # type: ignore[assignment]
     for name in CASES:
         run_case(name, out, rank, world)
     # A run that one process started (the test wrote its first 2 epochs) goes on with two.

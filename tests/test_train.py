@@ -1,4 +1,8 @@
-"""Tests of wsdet.train (Trainer) and wsdet._io (atomic checkpoints)."""
+"""Tests of wsdet.train: learning, target scaling, early stopping, checkpoints, options.
+
+The networks and data come from ``tests/_train_helpers.py`` (shared with
+``tests/dist_worker.py``); ``wsdet._io`` itself is tested in ``tests/test_io_atomic.py``.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _train_helpers import LOSSES, Scripted, TinyNet, flip_augment, quiet, spot_data
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
 from wsdet import _io
-from wsdet._io import atomic_save, load_checkpoint
+from wsdet._io import load_checkpoint
 from wsdet.train import (
     TrainConfig,
     Trainer,
@@ -26,48 +31,6 @@ from wsdet.train import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-# --------------------------------------------------------------------------- fixtures
-
-
-class TinyNet(nn.Module):
-    """conv -> ReLU -> (dropout) -> GAP -> Linear(4, 1): a miniature counting network."""
-
-    def __init__(self, dim: int = 2, dropout: float = 0.0) -> None:
-        super().__init__()
-        conv = nn.Conv2d if dim == 2 else nn.Conv3d
-        self.conv = conv(1, 4, 3, padding=1)
-        self.drop = nn.Dropout(dropout)
-        self.head = nn.Linear(4, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.drop(torch.relu(self.conv(x)))
-        return self.head(h.flatten(2).mean(2)).squeeze(-1)
-
-
-def spot_data(n: int, seed: int, size: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images with 0-4 bright pixels on a dim background; the count is the number of spots."""
-    gen = torch.Generator().manual_seed(seed)
-    images = torch.rand(n, 1, size, size, generator=gen) * 0.2
-    counts = torch.randint(0, 5, (n,), generator=gen)
-    for i in range(n):
-        pos = torch.randperm(size * size, generator=gen)[: int(counts[i])]
-        images[i, 0].view(-1)[pos] = 1.0
-    return images, counts.float()
-
-
-def quiet(**kwargs: object) -> TrainConfig:
-    kwargs.setdefault("progress", "none")
-    return TrainConfig(**kwargs)  # type: ignore[arg-type]
-
-
-def flip_augment(images: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
-    """Random per-sample horizontal flips drawn from ``generator``."""
-    flip = torch.rand(images.shape[0], generator=generator) < 0.5
-    out = images.clone()
-    out[flip] = images[flip].flip(-1)
-    return out
 
 
 # --------------------------------------------------------------------------- learning
@@ -184,13 +147,16 @@ def test_fit_returns_model_in_counts(tmp_path: Path) -> None:
 
 
 def test_classification_uses_logits() -> None:
-    """A constant-logit model (lr = 0): losses must be BCE-with-logits on count > 0."""
+    """A constant-logit model: losses must be BCE-with-logits on count > 0.
+
+    (lr 1e-30: the weights move by ~1e-30, far below what changes a float32 logit of 0.7.)
+    """
     net = nn.Sequential(nn.Flatten(), nn.Linear(100, 1), nn.Flatten(0))
     with torch.no_grad():
         net[1].weight.zero_()
         net[1].bias.fill_(0.7)
     train, val = spot_data(20, 0), spot_data(12, 1)
-    cfg = quiet(objective="classification", optimizer="adam", lr=0.0, max_epochs=1)
+    cfg = quiet(objective="classification", optimizer="adam", lr=1e-30, max_epochs=1)
     trainer = Trainer(net, cfg)
     result = trainer.fit(train, val)
 
@@ -208,30 +174,6 @@ def test_classification_uses_logits() -> None:
 
 
 # --------------------------------------------------------------------------- early stopping
-
-
-class Scripted(nn.Module):
-    """Its validation MSE (val counts all 0) at epoch e is ``losses[e]``.
-
-    A buffer counts training forward passes (one per epoch with a single batch), so the
-    weights of epoch e are recognisable: restoring the best weights restores its output.
-    """
-
-    def __init__(self, losses: list[float]) -> None:
-        super().__init__()
-        self.losses = losses
-        self.w = nn.Parameter(torch.zeros(()))
-        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        zero = self.w * x.flatten(1).sum(1) * 0.0
-        if self.training:
-            self.calls += 1
-            return zero
-        return zero + math.sqrt(self.losses[int(self.calls) - 1])
-
-
-LOSSES = [5.0, 4.0, 3.0, 3.5, 3.2, 2.9, 3.0, 3.1, 2.95, 3.3, 1.0, 0.5]
 
 
 @pytest.mark.parametrize(
@@ -264,26 +206,6 @@ def test_time_budget_stops_between_epochs() -> None:
 
 
 # --------------------------------------------------------------------------- checkpoints
-
-
-def test_atomic_save_crash_keeps_previous_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path = tmp_path / "ck.pt"
-    atomic_save({"w": torch.arange(3.0)}, path)
-
-    def crash(obj: object, f: object) -> None:
-        f.write(b"partial bytes")  # type: ignore[attr-defined]
-        raise KeyboardInterrupt  # e.g. the job is killed mid-write
-
-    monkeypatch.setattr(_io.torch, "save", crash)
-    with pytest.raises(KeyboardInterrupt):
-        atomic_save({"w": torch.zeros(1000)}, path)
-    with pytest.raises(KeyboardInterrupt):
-        atomic_save({"w": torch.zeros(1000)}, tmp_path / "new.pt")
-    monkeypatch.undo()
-    assert sorted(os.listdir(tmp_path)) == ["ck.pt"]  # no temporary or partial file left
-    assert torch.equal(load_checkpoint(path)["w"], torch.arange(3.0))
 
 
 def test_trainer_crash_mid_checkpoint_leaves_loadable_state(
@@ -419,10 +341,11 @@ def test_finetune_loads_weights_and_keeps_counts(tmp_path: Path) -> None:
     for name in ("best.pt", "last.pt"):
         other = Trainer(TinyNet(), cfg, init_from=tmp_path / "a" / name)
         torch.testing.assert_close(other.predict(val[0]), expected, rtol=1e-5, atol=1e-5)
-    # Fine-tuning on data with other statistics (lr = 0): the count predictions survive the
-    # unfold (new statistics) / fold round trip, so training starts where the source ended.
+    # Fine-tuning on data with other statistics (lr 1e-30: the weights do not move in
+    # float32): the count predictions survive the unfold (new statistics) / fold round trip,
+    # so training starts where the source ended.
     shifted = (train[0], train[1] * 3.0 + 2.0)
-    tuner = Trainer(TinyNet(), quiet(optimizer="adam", lr=0.0, max_epochs=1))
+    tuner = Trainer(TinyNet(), quiet(optimizer="adam", lr=1e-30, max_epochs=1))
     tuner.finetune_from(tmp_path / "a" / "best.pt")
     result = tuner.fit(shifted, val)
     assert result.target_mean == pytest.approx(float(shifted[1].mean()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from wsdet.cli._common import (
     ARCHS,
     DEFAULT_METHOD,
     UserError,
+    _reference_model,
     add_runtime_args,
     expand_inputs,
     load,
@@ -75,11 +77,14 @@ def _read_counts(path: Path) -> dict[str, float]:
         out: dict[str, float] = {}
         for n, row in enumerate(reader, start=2):
             try:
-                out[row["image"].strip()] = float(row["count"])
+                count = float(row["count"])
             except (TypeError, ValueError):
                 raise UserError(
                     f"{path} line {n}: count {row['count']!r} is not a number"
                 ) from None
+            if not (math.isfinite(count) and count >= 0):
+                raise UserError(f"{path} line {n}: count {row['count']!r} must be a number >= 0")
+            out[row["image"].strip()] = count
     return out
 
 
@@ -119,7 +124,6 @@ def _mask_counts(items: list[str]) -> dict[str, float]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from wsdet.models import BaseCNN, GatedAttentionNet, GPUnet, GPUnetNoResidual
     from wsdet.train import TrainConfig, Trainer
 
     device = setup_runtime(args)
@@ -146,15 +150,10 @@ def run(args: argparse.Namespace) -> int:
     dim = train[0].ndim - 2
     if args.dim is not None and args.dim != dim:
         raise UserError(f"--dim {args.dim} but the volumes are {dim}D")
-    cls = {
-        "gpunet": GPUnet,
-        "gpunet_no_residual": GPUnetNoResidual,
-        "gated_attention": GatedAttentionNet,
-        "basecnn": BaseCNN,
-    }[args.arch]
+    arch = {"arch": args.arch, "dim": dim, "in_channels": 1, "width": args.width}
     with torch.random.fork_rng(devices=[]):  # initial weights from --seed, reproducibly
         torch.manual_seed(args.seed)
-        model = cls(dim=dim, in_channels=1, width=args.width).to(device)
+        model = _reference_model(arch).to(device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     spec = {
