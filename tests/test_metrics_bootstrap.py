@@ -23,7 +23,7 @@ from wsdet.metrics import (
     weighted_froc_curves,
 )
 from wsdet.metrics.bootstrap import _needed_prefixes
-from wsdet.metrics.froc import _EventTable
+from wsdet.metrics.events import EventTable
 
 
 def random_results(seed, n_images=8, tie_levels=3, radius=2.0, positive=False):
@@ -149,7 +149,7 @@ def test_truncation_is_used_and_exact_on_a_larger_set():
     scores = [rng.random(40) for _ in range(150)]
     targets = [rng.uniform(0, 30, (4, 2)) for _ in range(150)]
     res = match_images(points, scores, targets, radius=2.0)
-    table = _EventTable(res, None, None, "micro")
+    table = EventTable(res)
     weights = bootstrap_weights(len(res), 100, 0)
     need = _needed_prefixes(table, weights, 1.0)
     assert need.max() < 0.2 * table.n_groups  # most of the curve is never computed

@@ -11,7 +11,9 @@ The pipeline, per the paper (Section 3.7) and ``docs/metrics.md``:
 4. bootstrap images for standard deviations and comparisons (:func:`bootstrap`,
    :func:`paired_bootstrap`).
 
-:func:`evaluate` does all of it in one call and returns a printable report; it warns
+:func:`evaluate` does all of it in one call and returns a printable report that keeps the
+per-image matches (``report.matches``); :class:`Evaluation` is the same fed batch by batch,
+with its options grouped in :class:`MatchSpec` and :class:`FROCSpec`. Both warn
 (:class:`TruncatedDetectionsWarning`) when given only the top-n of some images' candidates.
 :func:`round_half_up` is wsdet's one top-n rule (also used by :mod:`wsdet.detection`).
 No torch import anywhere in this package.
@@ -24,6 +26,7 @@ from wsdet.metrics.bootstrap import (
     bootstrap_weights,
     paired_bootstrap,
 )
+from wsdet.metrics.evaluation import Evaluation
 from wsdet.metrics.froc import (
     CAMELYON_FPS,
     FROC,
@@ -53,6 +56,7 @@ from wsdet.metrics.report import (
     top_n,
 )
 from wsdet.metrics.slices import SliceDetections, detect_on_slice, middle_slice
+from wsdet.metrics.specs import FROCSpec, MatchSpec
 
 __all__ = [
     "CAMELYON_FPS",
@@ -61,8 +65,11 @@ __all__ = [
     "PAPER_MAX_FP",
     "AnnotationAgreement",
     "BootstrapResult",
+    "Evaluation",
     "EvaluationReport",
+    "FROCSpec",
     "MatchResult",
+    "MatchSpec",
     "OperatingPoint",
     "PairedBootstrapResult",
     "SliceDetections",

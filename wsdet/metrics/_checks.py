@@ -1,6 +1,7 @@
-"""Argument validation shared by the metrics modules (private).
+"""Argument types and array validation shared by the metrics modules (private).
 
-Every check raises ``ValueError`` or ``TypeError`` with a message that names the argument
+Scalar arguments are checked with :mod:`wsdet._checks` (NumPy only, like this module). Every
+check raises ``ValueError`` or ``TypeError`` with a message that names the argument
 and what was expected. Inputs may be NumPy arrays, sequences, or array-likes exposing
 ``__array__``; objects with ``detach``/``cpu`` methods (torch tensors) are moved to host
 memory by duck typing, so this package never imports torch.
@@ -8,15 +9,29 @@ memory by duck typing, so this package never imports torch.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
+from wsdet._checks import check_choice, check_float
+
+#: Another evaluator's conventions to reproduce.
 Compat = Literal["monai", "luna16"]
 COMPAT_VALUES: tuple[str, ...] = ("monai", "luna16")
+#: What an unmatched detection within reach of a target is: a false positive, or not counted.
+Duplicates = Literal["fp", "ignore"]
+#: Among tied scores, prefer closer pairs, or not.
+Tiebreak = Literal["distance", "none"]
+#: Hit rule: within a radius of a target point, or inside a target box.
+MatchKind = Literal["points", "boxes"]
+#: How a FROC curve is read between its points.
+Interpolation = Literal["linear", "step"]
+#: A FROC reading beyond the curve's end-point.
+Extrapolate = Literal["flat", "nan"]
+#: Pooled ("micro") or mean per-image ("macro") sensitivity.
+SensitivityKind = Literal["micro", "macro"]
 
 
 def to_numpy(x: Any) -> Any:
@@ -28,17 +43,10 @@ def to_numpy(x: Any) -> Any:
     return x
 
 
-def check_choice(value: object, name: str, choices: Sequence[object]) -> None:
-    """Raise ``ValueError`` unless ``value`` is one of ``choices``."""
-    if value not in choices:
-        options = ", ".join(repr(c) for c in choices)
-        raise ValueError(f"{name} must be one of {options}; got {value!r}")
-
-
 def check_compat(compat: object) -> None:
     """Validate a ``compat`` argument (``None`` or one of :data:`COMPAT_VALUES`)."""
     if compat is not None:
-        check_choice(compat, "compat", COMPAT_VALUES)
+        check_choice("compat", compat, COMPAT_VALUES)
 
 
 def as_points(x: Any, name: str, ndim: int | None = None) -> NDArray[np.float64]:
@@ -124,10 +132,7 @@ def as_radius(x: Any, n_targets: int) -> NDArray[np.float64]:
     """Validate ``radius``: a non-negative scalar or one non-negative value per target."""
     arr = np.asarray(to_numpy(x), dtype=np.float64)
     if arr.ndim == 0:
-        value = float(arr)
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"radius must be a finite non-negative number; got {value}")
-        return np.full(n_targets, value)
+        return np.full(n_targets, check_float("radius", float(arr), nonnegative=True))
     if arr.shape != (n_targets,):
         raise ValueError(
             f"radius must be a scalar or have one entry per target ({n_targets},); got {arr.shape}"
@@ -135,29 +140,6 @@ def as_radius(x: Any, n_targets: int) -> NDArray[np.float64]:
     if not (np.isfinite(arr).all() and (arr >= 0).all()):
         raise ValueError("radius must contain finite non-negative values")
     return arr
-
-
-def as_positive_float(x: Any, name: str, *, allow_zero: bool = False) -> float:
-    """Validate a finite positive (or non-negative) real number."""
-    if isinstance(x, bool):
-        raise TypeError(f"{name} must be a real number; got {x!r}")
-    try:
-        value = float(x)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a real number; got {x!r}") from None
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        bound = "non-negative" if allow_zero else "positive"
-        raise ValueError(f"{name} must be a finite {bound} number; got {x!r}")
-    return value
-
-
-def as_int(x: Any, name: str, minimum: int) -> int:
-    """Validate an integer ``>= minimum``."""
-    if isinstance(x, bool) or not isinstance(x, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer; got {x!r}")
-    if int(x) < minimum:
-        raise ValueError(f"{name} must be >= {minimum}; got {x}")
-    return int(x)
 
 
 def as_sequence(x: Any, name: str) -> list[Any]:
@@ -173,3 +155,13 @@ def as_sequence(x: Any, name: str) -> list[Any]:
         except TypeError:
             raise TypeError(f"{name} must be a sequence with one entry per image") from None
     return list(x)
+
+
+def check_ci(ci: float | None) -> float | None:
+    """Validate a confidence level in ``(0, 1)`` (or None)."""
+    if ci is None:
+        return None
+    level = check_float("ci", ci)
+    if not 0 < level < 1:
+        raise ValueError(f"ci must be a confidence level in (0, 1), e.g. 0.95; got {ci!r}")
+    return level

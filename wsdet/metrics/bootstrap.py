@@ -14,21 +14,27 @@ The point estimate is the metric of the full data, never the bootstrap mean.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, Protocol, TypeGuard
 
 import numpy as np
 from numpy.typing import NDArray
 
-from wsdet.metrics._checks import Compat, as_int, as_positive_float, to_numpy
-from wsdet.metrics.froc import FROC, SensitivityKind, _EventTable
-from wsdet.metrics.matching import MatchResult
+from wsdet._checks import check_float, check_int
+from wsdet.metrics._checks import Compat, SensitivityKind, check_ci, to_numpy
+from wsdet.metrics.curve import FROC
+from wsdet.metrics.events import EventTable
+from wsdet.metrics.matchers import MatchResult
+from wsdet.metrics.readings import fauc
 
 __all__ = [
     "BootstrapResult",
+    "Evaluated",
     "PairedBootstrapResult",
     "bootstrap",
+    "bootstrap_table",
     "bootstrap_weights",
     "paired_bootstrap",
 ]
@@ -36,10 +42,35 @@ __all__ = [
 MetricFn = Callable[[FROC[Any]], Any]
 Seed = int | np.random.Generator | None
 
+
+class Evaluated(Protocol):
+    """What :func:`paired_bootstrap` reads from an evaluation: an
+    :class:`~wsdet.metrics.EvaluationReport` or an :class:`~wsdet.metrics.Evaluation`."""
+
+    @property
+    def matches(self) -> Sequence[MatchResult]:
+        """Per-image match results of every candidate."""
+
+    @property
+    def max_fp(self) -> float:
+        """The FAUC range."""
+
+    @property
+    def settings(self) -> Mapping[str, Any]:
+        """The evaluation options (``compat``, ``sensitivity``, ``interpolation``, ...)."""
+
+
 #: Elements per ``(replicates x thresholds)`` array in one block (memory bound).
 _BLOCK_ELEMENTS = 2_000_000
 #: Candidate truncation points, as multiples of the FP budget in the unweighted data.
 _PREFIX_FACTORS = (1.0, 1.01, 1.02, 1.05, 1.1, 1.2, 1.35, 1.5, 2.0, 3.0, 5.0, 10.0)
+
+
+def _interval(ci: tuple[float, float] | None, level: float | None, fmt: str) -> str:
+    """`` (95% CI lo to hi)`` with the bounds in format ``fmt``, or nothing."""
+    if ci is None or level is None:
+        return ""
+    return f" ({100 * level:g}% CI {ci[0]:{fmt}} to {ci[1]:{fmt}})"
 
 
 @dataclass(frozen=True, eq=False)
@@ -73,10 +104,7 @@ class BootstrapResult:
     replicates: NDArray[np.float64] = field(repr=False)
 
     def __str__(self) -> str:
-        text = f"{self.estimate:.4f} ± {self.sd:.4f}"
-        if self.ci is not None and self.ci_level is not None:
-            text += f" ({100 * self.ci_level:g}% CI {self.ci[0]:.4f} to {self.ci[1]:.4f})"
-        return text
+        return f"{self.estimate:.4f} ± {self.sd:.4f}" + _interval(self.ci, self.ci_level, ".4f")
 
 
 @dataclass(frozen=True, eq=False)
@@ -120,10 +148,8 @@ class PairedBootstrapResult:
     replicates: NDArray[np.float64] = field(repr=False)
 
     def __str__(self) -> str:
-        text = f"{self.difference:+.4f} ± {self.sd:.4f}"
-        if self.ci is not None and self.ci_level is not None:
-            text += f" ({100 * self.ci_level:g}% CI {self.ci[0]:+.4f} to {self.ci[1]:+.4f})"
-        return text + f", p = {self.p_value:.4g}"
+        interval = _interval(self.ci, self.ci_level, "+.4f")
+        return f"{self.difference:+.4f} ± {self.sd:.4f}{interval}, p = {self.p_value:.4g}"
 
 
 def bootstrap_weights(n_images: int, B: int = 1000, seed: Seed = 0) -> NDArray[np.int64]:
@@ -152,8 +178,8 @@ def bootstrap_weights(n_images: int, B: int = 1000, seed: Seed = 0) -> NDArray[n
     >>> w.shape, w.sum(axis=1).tolist()
     ((3, 4), [4, 4, 4])
     """
-    n = as_int(n_images, "n_images", 1)
-    b = as_int(B, "B", 1)
+    n = check_int("n_images", n_images, minimum=1)
+    b = check_int("B", B, minimum=1)
     if not (
         seed is None
         or isinstance(seed, np.random.Generator)
@@ -193,7 +219,7 @@ def _metric_values(metric_fn: MetricFn, curve: FROC[Any], vectorized: bool) -> N
 
 
 def _needed_prefixes(
-    table: _EventTable, weights: NDArray[np.int64], max_fp: float | None
+    table: EventTable, weights: NDArray[np.int64], max_fp: float | None
 ) -> NDArray[np.intp]:
     """Per replicate, a number of threshold groups after which its curve is past ``max_fp``
     FP per image (so the metric cannot see the rest), chosen among a few candidate cuts."""
@@ -209,13 +235,14 @@ def _needed_prefixes(
 
 
 def _replicates(
-    metric_fn: MetricFn,
-    table: _EventTable,
+    metric_fns: Sequence[MetricFn],
+    table: EventTable,
     weights: NDArray[np.int64],
     max_fp: float | None,
     vectorized: bool,
 ) -> NDArray[np.float64]:
-    """Metric of every weighted replicate, using only the prefix of thresholds it needs."""
+    """``(len(metric_fns), B)``: every metric of every weighted replicate, using only the
+    prefix of thresholds the replicate needs (the same curves feed every metric)."""
     n_rep = weights.shape[0]
     total = table.n_groups
     need = _needed_prefixes(table, weights, max_fp)
@@ -223,7 +250,7 @@ def _replicates(
     # inside horizontal / vertical runs are invisible to it and can be left out
     compact = max_fp is not None and table.compat != "monai"
     order = np.argsort(need, kind="stable")
-    out = np.empty(n_rep)
+    out = np.empty((len(metric_fns), n_rep))
     start = 0
     while start < n_rep:
         # replicates sorted by the prefix they need; a block shares the largest of them
@@ -240,8 +267,8 @@ def _replicates(
                 ok = np.ones(rows.size, dtype=bool)
             else:  # exactness check: the truncated curve went past the budget
                 ok = curves.fp_avg[:, -1] > max_fp
-            values = _metric_values(metric_fn, curves, vectorized)
-            out[rows[ok]] = values[ok]
+            for k, fn in enumerate(metric_fns):
+                out[k, rows[ok]] = _metric_values(fn, curves, vectorized)[ok]
             rows = rows[~ok]
             prefix = min(total, 2 * prefix)
     return out
@@ -263,21 +290,72 @@ def _summary(
     return sd, interval, int(values.size - finite.size)
 
 
-def _check_ci(ci: float | None) -> float | None:
-    if ci is None:
-        return None
-    level = as_positive_float(ci, "ci")
-    if not 0 < level < 1:
-        raise ValueError(f"ci must be a confidence level in (0, 1), e.g. 0.95; got {ci!r}")
-    return level
-
-
 def _check_metric(metric_fn: object) -> None:
     if not callable(metric_fn):
         raise TypeError(
             "metric_fn must be a callable taking a FROC curve, e.g. "
             "functools.partial(fauc, max_fp=2.0)"
         )
+
+
+def _horizon(max_fp: float | None) -> float | None:
+    return None if max_fp is None else check_float("max_fp", max_fp, positive=True)
+
+
+def bootstrap_table(
+    table: EventTable,
+    metric_fns: Sequence[MetricFn],
+    weights: NDArray[np.int64],
+    *,
+    ci: float | None = None,
+    max_fp: float | None = None,
+    vectorized: bool = True,
+) -> list[BootstrapResult]:
+    """Bootstrap several metrics of one event table on the same replicates.
+
+    The building block of :func:`bootstrap` and :class:`~wsdet.metrics.Evaluation`: every
+    metric reads the same weighted curves (built once per block of replicates), so the
+    replicate images are the same for all of them.
+
+    Parameters
+    ----------
+    table : EventTable
+        The events of all images.
+    metric_fns : sequence of callable
+        As ``metric_fn`` of :func:`bootstrap`; all of them must honour ``max_fp``.
+    weights : numpy.ndarray
+        ``(B, N)`` image multiplicities, from :func:`bootstrap_weights`.
+    ci, max_fp, vectorized
+        As in :func:`bootstrap`.
+
+    Returns
+    -------
+    list of BootstrapResult
+        One per metric, in order.
+
+    Examples
+    --------
+    >>> from functools import partial
+    >>> from wsdet.metrics import fauc, froc_score, match_points
+    >>> from wsdet.metrics.events import EventTable
+    >>> table = EventTable([match_points([[0, 0], [9, 9]], [0.9, 0.4], [[0, 1]]),
+    ...                     match_points([[5, 5]], [0.7], [[30, 30]])])
+    >>> a, s = bootstrap_table(table, [partial(fauc, max_fp=1.0), froc_score],
+    ...                        bootstrap_weights(2, B=100, seed=0))
+    >>> round(a.estimate, 3), round(s.estimate, 3)
+    (0.5, 0.5)
+    """
+    for fn in metric_fns:
+        _check_metric(fn)
+    level = check_ci(ci)
+    curve = table.curve()
+    values = _replicates(metric_fns, table, weights, _horizon(max_fp), vectorized)
+    without = int(np.count_nonzero((weights @ table.per_image_targets) == 0))
+    out = []
+    for fn, v in zip(metric_fns, values, strict=True):
+        sd, interval, n_nan = _summary(v, level)
+        out.append(BootstrapResult(float(fn(curve)), sd, interval, level, n_nan, without, v))
+    return out
 
 
 def bootstrap(
@@ -339,23 +417,58 @@ def bootstrap(
     (0.5, True)
     """
     _check_metric(metric_fn)
-    level = _check_ci(ci)
+    check_ci(ci)
     if n_images is not None and n_images != len(results):
         raise ValueError("bootstrap needs every image in results; n_images must equal len(results)")
-    table = _EventTable(results, n_images, compat, sensitivity)
-    f = None if max_fp is None else as_positive_float(max_fp, "max_fp")
-    estimate = float(metric_fn(table.curve()))
+    table = EventTable(results, n_images, compat, sensitivity)
+    horizon = _horizon(max_fp)
     weights = bootstrap_weights(table.n_images, B, seed)
-    values = _replicates(metric_fn, table, weights, f, vectorized)
-    sd, interval, n_nan = _summary(values, level)
-    without = int(np.count_nonzero((weights @ table.per_image_targets) == 0))
-    return BootstrapResult(estimate, sd, interval, level, n_nan, without, values)
+    (result,) = bootstrap_table(
+        table, [metric_fn], weights, ci=ci, max_fp=horizon, vectorized=vectorized
+    )
+    return result
+
+
+def _is_evaluated(x: object) -> TypeGuard[Evaluated]:
+    return all(hasattr(x, a) for a in ("matches", "max_fp", "settings"))
+
+
+def _from_reports(
+    report_a: Evaluated, report_b: object, metric_fn: object, max_fp: float | None
+) -> tuple[MetricFn, float | None, Compat | None, SensitivityKind, Evaluated]:
+    """The metric, horizon, compat and sensitivity of a paired test of two evaluations, and
+    the second evaluation."""
+    if not _is_evaluated(report_b):
+        raise TypeError(
+            "paired_bootstrap(report_a, report_b): report_b must be an EvaluationReport or an "
+            f"Evaluation too; got {type(report_b).__name__}"
+        )
+    if metric_fn is not None and not callable(metric_fn):
+        raise TypeError("the third argument after two reports must be a metric_fn or None")
+    sa, sb = report_a.settings, report_b.settings
+    keys = ("compat", "sensitivity") + (("interpolation",) if metric_fn is None else ())
+    for key in keys:
+        if sa.get(key) != sb.get(key):
+            raise ValueError(
+                f"the two evaluations differ in {key} ({sa.get(key)!r} and {sb.get(key)!r}): "
+                "a paired comparison needs the same evaluation rules"
+            )
+    if metric_fn is None:
+        if report_a.max_fp != report_b.max_fp:
+            raise ValueError(
+                f"the two evaluations have different FAUC ranges ({report_a.max_fp:g} and "
+                f"{report_b.max_fp:g}); pass a metric_fn to compare them on another metric"
+            )
+        f = report_a.max_fp
+        metric_fn = partial(fauc, max_fp=f, interpolation=sa.get("interpolation", "linear"))
+        max_fp = f if max_fp is None else max_fp
+    return metric_fn, max_fp, sa.get("compat"), sa.get("sensitivity", "micro"), report_b
 
 
 def paired_bootstrap(
-    metric_fn: MetricFn,
-    results_a: Sequence[MatchResult],
-    results_b: Sequence[MatchResult],
+    metric_fn: MetricFn | Evaluated,
+    results_a: Sequence[MatchResult] | Evaluated,
+    results_b: Sequence[MatchResult] | MetricFn | None = None,
     B: int = 1000,
     seed: Seed = 0,
     ci: float | None = None,
@@ -368,7 +481,16 @@ def paired_bootstrap(
     """Bootstrap the difference of a metric between two methods on the same images.
 
     Both methods are evaluated on the same resamples (shared image weights), so the spread
-    of the difference reflects the methods, not the luck of the draw.
+    of the difference reflects the methods, not the luck of the draw. Two forms:
+
+    - ``paired_bootstrap(metric_fn, results_a, results_b, ...)``: per-image match results
+      (from :func:`~wsdet.metrics.match_images`);
+    - ``paired_bootstrap(report_a, report_b[, metric_fn], ...)``: two evaluations
+      (:class:`~wsdet.metrics.EvaluationReport` from :func:`~wsdet.metrics.evaluate`, or
+      :class:`~wsdet.metrics.Evaluation`), whose kept matches are used (``report.matches``)
+      with their ``compat`` and ``sensitivity``; the metric defaults to their FAUC
+      (``fauc(curve, report.max_fp, report's interpolation)``, bootstrapped with
+      ``max_fp=report.max_fp``). Both forms give the same numbers for the same metric.
 
     Parameters
     ----------
@@ -377,7 +499,8 @@ def paired_bootstrap(
     results_a, results_b : sequence of MatchResult
         Per-image results of the two methods, for the same images in the same order.
     B, seed, ci, max_fp, compat, sensitivity, vectorized
-        As in :func:`bootstrap`.
+        As in :func:`bootstrap` (``compat`` and ``sensitivity`` come from the reports in the
+        second form).
 
     Returns
     -------
@@ -395,43 +518,60 @@ def paired_bootstrap(
     >>> d.difference, d.frac_opposite < 0.5
     (0.75, True)
     """
-    _check_metric(metric_fn)
-    level = _check_ci(ci)
-    if len(results_a) != len(results_b):
-        raise ValueError(
-            f"results_a and results_b must cover the same images; got {len(results_a)} and "
-            f"{len(results_b)} results"
+    fn: Any = metric_fn
+    res_a: Any = results_a
+    res_b: Any = results_b
+    if _is_evaluated(metric_fn):
+        if compat is not None or sensitivity != "micro":
+            raise TypeError(
+                "paired_bootstrap(report_a, report_b): compat and sensitivity come from the "
+                "reports; do not pass them"
+            )
+        fn, max_fp, compat, sensitivity, report_b = _from_reports(
+            metric_fn, results_a, results_b, max_fp
         )
-    table_a = _EventTable(results_a, None, compat, sensitivity)
-    table_b = _EventTable(results_b, None, compat, sensitivity)
+        res_a, res_b = metric_fn.matches, report_b.matches
+    elif results_b is None:
+        raise TypeError("paired_bootstrap needs results_b (the second method's matches)")
+    _check_metric(fn)
+    level = check_ci(ci)
+    if len(res_a) != len(res_b):
+        raise ValueError(
+            f"results_a and results_b must cover the same images; got {len(res_a)} and "
+            f"{len(res_b)} results"
+        )
+    table_a = EventTable(res_a, None, compat, sensitivity)
+    table_b = EventTable(res_b, None, compat, sensitivity)
     if not np.array_equal(table_a.per_image_targets, table_b.per_image_targets):
         raise ValueError(
             "results_a and results_b must describe the same images: their numbers of targets "
             "per image differ"
         )
-    f = None if max_fp is None else as_positive_float(max_fp, "max_fp")
-    est_a = float(metric_fn(table_a.curve()))
-    est_b = float(metric_fn(table_b.curve()))
+    horizon = _horizon(max_fp)
+    est_a = float(fn(table_a.curve()))
+    est_b = float(fn(table_b.curve()))
     weights = bootstrap_weights(table_a.n_images, B, seed)
-    diff = _replicates(metric_fn, table_a, weights, f, vectorized) - _replicates(
-        metric_fn, table_b, weights, f, vectorized
-    )
+    reps = [_replicates([fn], t, weights, horizon, vectorized)[0] for t in (table_a, table_b)]
+    diff = reps[0] - reps[1]
     sd, interval, n_nan = _summary(diff, level)
-    finite = diff[np.isfinite(diff)]
-    difference = est_a - est_b
-    if finite.size:
-        low = int(np.count_nonzero(finite <= 0))
-        high = int(np.count_nonzero(finite >= 0))
-        p_value = min(1.0, 2.0 * (1 + min(low, high)) / (finite.size + 1))
-        if difference > 0:
-            opposite = low
-        elif difference < 0:
-            opposite = high
-        else:
-            opposite = int(np.count_nonzero(finite != 0))
-        frac = opposite / finite.size
-    else:
-        p_value = frac = float("nan")
+    p_value, frac = _sign_test(diff, est_a - est_b)
     return PairedBootstrapResult(
-        difference, sd, interval, level, p_value, frac, n_nan, est_a, est_b, diff
+        est_a - est_b, sd, interval, level, p_value, frac, n_nan, est_a, est_b, diff
     )
+
+
+def _sign_test(diff: NDArray[np.float64], difference: float) -> tuple[float, float]:
+    """Two-sided bootstrap p-value and fraction of replicates of the opposite sign."""
+    finite = diff[np.isfinite(diff)]
+    if not finite.size:
+        return float("nan"), float("nan")
+    low = int(np.count_nonzero(finite <= 0))
+    high = int(np.count_nonzero(finite >= 0))
+    p_value = min(1.0, 2.0 * (1 + min(low, high)) / (finite.size + 1))
+    if difference > 0:
+        opposite = low
+    elif difference < 0:
+        opposite = high
+    else:
+        opposite = int(np.count_nonzero(finite != 0))
+    return p_value, opposite / finite.size

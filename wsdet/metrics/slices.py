@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from wsdet.metrics._checks import as_int, as_points, as_scores, to_numpy
+from wsdet._checks import check_int
+from wsdet.metrics._checks import as_points, as_scores, to_numpy
 
 __all__ = ["SliceDetections", "detect_on_slice", "middle_slice"]
 
@@ -62,7 +63,7 @@ def middle_slice(size: int) -> int:
     >>> middle_slice(5), middle_slice(6)
     (2, 3)
     """
-    return as_int(size, "size", 1) // 2
+    return check_int("size", size, minimum=1) // 2
 
 
 def detect_on_slice(
@@ -119,9 +120,7 @@ def detect_on_slice(
         raise ValueError(f"amap must be a 3-D map; got shape {vol.shape}")
     if not callable(peak_finder):
         raise TypeError("peak_finder must be a callable (map2d) -> (coords, scores)")
-    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not -3 <= axis < 3:
-        raise ValueError(f"axis must be an integer in [-3, 2]; got {axis!r}")
-    ax = int(axis) % 3
+    ax = check_int("axis", axis, minimum=-3, maximum=2) % 3
     size = vol.shape[ax]
     tg = np.asarray(to_numpy(targets), dtype=np.float64)
     if tg.size == 0:
@@ -132,7 +131,7 @@ def detect_on_slice(
         )
     tg = as_points(tg, "targets")
     if slice_index is not None:
-        index = as_int(slice_index, "slice_index", -size)
+        index = check_int("slice_index", slice_index, minimum=-size)
         if index >= size:
             raise ValueError(f"slice_index {index} is out of range for axis {ax} of size {size}")
         index %= size
