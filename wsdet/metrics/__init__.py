@@ -9,7 +9,8 @@ The pipeline, per the paper (Section 3.7) and ``docs/metrics.md``:
 3. read it: :func:`fauc` (area up to ``max_fp`` FP per image, normalised),
    :func:`sensitivity_at_fp`, :func:`froc_score`, :func:`operating_point`;
 4. bootstrap images for standard deviations and comparisons (:func:`bootstrap`,
-   :func:`paired_bootstrap`).
+   :func:`paired_bootstrap`), or images and the objects their targets show when objects
+   repeat across images (:func:`two_way_bootstrap`, :func:`two_way_paired_bootstrap`).
 
 :func:`evaluate` does all of it in one call and returns a printable report that keeps the
 per-image matches (``report.matches``); :class:`Evaluation` is the same fed batch by batch,
@@ -57,6 +58,7 @@ from wsdet.metrics.report import (
 )
 from wsdet.metrics.slices import SliceDetections, detect_on_slice, middle_slice
 from wsdet.metrics.specs import FROCSpec, MatchSpec
+from wsdet.metrics.two_way import two_way_bootstrap, two_way_paired_bootstrap, two_way_weights
 
 __all__ = [
     "CAMELYON_FPS",
@@ -91,5 +93,8 @@ __all__ = [
     "round_half_up",
     "sensitivity_at_fp",
     "top_n",
+    "two_way_bootstrap",
+    "two_way_paired_bootstrap",
+    "two_way_weights",
     "weighted_froc_curves",
 ]

@@ -192,7 +192,7 @@ def bootstrap_weights(n_images: int, B: int = 1000, seed: Seed = 0) -> NDArray[n
     return np.bincount(flat, minlength=b * n).reshape(b, n).astype(np.int64)
 
 
-def _metric_values(metric_fn: MetricFn, curve: FROC[Any], vectorized: bool) -> NDArray[np.float64]:
+def metric_values(metric_fn: MetricFn, curve: FROC[Any], vectorized: bool) -> NDArray[np.float64]:
     rows = curve.fp_avg.shape[0]
     if vectorized:
         out = np.asarray(to_numpy(metric_fn(curve)), dtype=np.float64)
@@ -268,15 +268,17 @@ def _replicates(
             else:  # exactness check: the truncated curve went past the budget
                 ok = curves.fp_avg[:, -1] > max_fp
             for k, fn in enumerate(metric_fns):
-                out[k, rows[ok]] = _metric_values(fn, curves, vectorized)[ok]
+                out[k, rows[ok]] = metric_values(fn, curves, vectorized)[ok]
             rows = rows[~ok]
             prefix = min(total, 2 * prefix)
     return out
 
 
-def _summary(
+def summarize_replicates(
     values: NDArray[np.float64], ci: float | None
 ) -> tuple[float, tuple[float, float] | None, int]:
+    """Standard deviation (``ddof=1``), percentile interval at level ``ci`` (or None) and
+    number of non-finite values of bootstrap replicates."""
     finite = values[np.isfinite(values)]
     sd = float(np.std(finite, ddof=1)) if finite.size > 1 else float("nan")
     interval: tuple[float, float] | None = None
@@ -353,7 +355,7 @@ def bootstrap_table(
     without = int(np.count_nonzero((weights @ table.per_image_targets) == 0))
     out = []
     for fn, v in zip(metric_fns, values, strict=True):
-        sd, interval, n_nan = _summary(v, level)
+        sd, interval, n_nan = summarize_replicates(v, level)
         out.append(BootstrapResult(float(fn(curve)), sd, interval, level, n_nan, without, v))
     return out
 
@@ -553,14 +555,14 @@ def paired_bootstrap(
     weights = bootstrap_weights(table_a.n_images, B, seed)
     reps = [_replicates([fn], t, weights, horizon, vectorized)[0] for t in (table_a, table_b)]
     diff = reps[0] - reps[1]
-    sd, interval, n_nan = _summary(diff, level)
-    p_value, frac = _sign_test(diff, est_a - est_b)
+    sd, interval, n_nan = summarize_replicates(diff, level)
+    p_value, frac = sign_test(diff, est_a - est_b)
     return PairedBootstrapResult(
         est_a - est_b, sd, interval, level, p_value, frac, n_nan, est_a, est_b, diff
     )
 
 
-def _sign_test(diff: NDArray[np.float64], difference: float) -> tuple[float, float]:
+def sign_test(diff: NDArray[np.float64], difference: float) -> tuple[float, float]:
     """Two-sided bootstrap p-value and fraction of replicates of the opposite sign."""
     finite = diff[np.isfinite(diff)]
     if not finite.size:
