@@ -136,11 +136,7 @@ def test_detect_rounding_half_up_from_count():
             return self.inner(x) * 0 + 2.5
 
     x = torch.rand(1, 1, 16, 16) + 0.1
-    det = wsdet.Detector(
-        Shift(m), method="intensity" if "intensity" in wsdet.available_methods() else "gp_unet"
-    )
-    if det.method_name != "intensity":
-        pytest.skip("intensity method not registered yet")
+    det = wsdet.Detector(Shift(m), method="intensity")
     d = det.detect(x, size=3)[0]
     assert d.count == 2.5 and len(d) == 3
 

@@ -160,7 +160,7 @@ def test_markups_of_bare_points_and_errors(tmp_path: Path) -> None:
     plain = Detections(points=np.array([[1, 2, 3]]), scores=np.array([1.0]))
     with pytest.raises(TypeError, match="locate them first"):
         write_markups(tmp_path / "x.mrk.json", plain)
-    with pytest.raises(ValueError, match=r"\(k, 3\) positions in mm"):
+    with pytest.raises(ValueError, match=r"points must have shape \(k, 3\) \(positions in mm\)"):
         write_markups(tmp_path / "x.mrk.json", [[1.0, 2.0]])
     with pytest.raises(ValueError, match="coordinate_system must be"):
         write_markups(tmp_path / "x.mrk.json", [[1.0, 2.0, 3.0]], coordinate_system="XYZ")  # type: ignore[arg-type]

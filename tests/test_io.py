@@ -236,7 +236,7 @@ def test_points_from_mask_3d_anisotropic_min_size_in_mm() -> None:
     assert points_from_mask(np.zeros((3, 3, 3))).shape == (0, 3)
     with pytest.raises(ValueError, match="integer labels"):
         points_from_mask(np.full((2, 2), 0.5))
-    with pytest.raises(ValueError, match="connectivity must be 1 to 3"):
+    with pytest.raises(ValueError, match="connectivity must be <= 3; got 4"):
         points_from_mask(m, connectivity=4)
 
 

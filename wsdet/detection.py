@@ -10,7 +10,9 @@ Non-maximum suppression follows ``scipy.ndimage.maximum_filter`` exactly:
   ``min_value`` (default: its map's minimum; strict ``>``, so a constant map has none).
 - The window of size ``s`` along an axis is ``[i - s//2, i + (s-1)//2]``: centred for odd
   sizes; for the paper's even default ``s = 6`` it is ``[i-3, i+2]``, as scipy places it.
-  Odd sizes (``2r + 1``) are recommended for new work. Sizes may differ per axis.
+  Odd sizes (``2r + 1``) are recommended for new work. Sizes may differ per axis. A size
+  above ``2L - 1`` on an axis of length ``L`` already covers the whole axis from every
+  voxel: it is clamped to ``2L - 1`` (same result; the cost no longer grows with it).
 - Outside the array the window is truncated (equivalent to scipy's ``mode="nearest"``).
 - ``exclude_border`` drops candidates within that many voxels of the border (per axis).
 - The remaining candidates are grouped into connected components (full connectivity: 8
@@ -40,6 +42,7 @@ import torch.nn.functional as F
 from scipy import ndimage as ndi
 from torch import Tensor
 
+from wsdet._checks import check_choice, check_float, check_int
 from wsdet.metrics.report import round_half_up
 
 __all__ = [
@@ -92,41 +95,47 @@ class Detections:
         )
 
 
+_NEGATIVES = ("clip", "abs", "keep")
+
+
 def apply_negatives(maps: Tensor, negatives: Negatives) -> Tensor:
     """Apply the negatives policy: ``"clip"`` (to 0), ``"abs"``, or ``"keep"``."""
+    check_choice("negatives", negatives, _NEGATIVES)
     if negatives == "clip":
         return maps.clamp_min(0)
-    if negatives == "abs":
-        return maps.abs()
-    if negatives == "keep":
-        return maps
-    raise ValueError(f"negatives must be 'clip', 'abs' or 'keep', got {negatives!r}")
+    return maps.abs() if negatives == "abs" else maps
 
 
-def _sizes(size: SizeArg, ndim: int) -> tuple[int, ...]:
-    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
-        sizes = (int(size),) * ndim
-    elif isinstance(size, Sequence) and len(size) == ndim:
-        sizes = tuple(int(s) for s in size)
-    else:
-        raise ValueError(f"size must be an int or a sequence of {ndim} ints, got {size!r}")
-    if any(s < 1 for s in sizes):
-        raise ValueError(f"size must be >= 1 along every axis, got {size!r}")
-    return sizes
+def _per_axis(name: str, value: SizeArg, ndim: int | None, minimum: int) -> tuple[int, ...]:
+    """``value`` (one int, or one int per spatial axis) as ``ndim`` checked ints
+    (``ndim=None``: any number of axes, one for a single int)."""
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        if ndim is not None and len(value) != ndim:
+            raise ValueError(f"{name} must be an int or a sequence of {ndim} ints, got {value!r}")
+        return tuple(check_int(f"{name}[{i}]", v, minimum=minimum) for i, v in enumerate(value))
+    return (check_int(name, value, minimum=minimum),) * (1 if ndim is None else ndim)
 
 
-def _borders(exclude_border: int | Sequence[int], ndim: int) -> tuple[int, ...]:
-    if isinstance(exclude_border, (int, np.integer)):
-        borders = (int(exclude_border),) * ndim
-    else:
-        borders = tuple(int(v) for v in exclude_border)
-        if len(borders) != ndim:
-            raise ValueError(
-                f"exclude_border must be an int or {ndim} ints, got {exclude_border!r}"
-            )
-    if any(v < 0 for v in borders):
-        raise ValueError(f"exclude_border must be >= 0, got {exclude_border!r}")
-    return borders
+def _min_value(min_value: float | None) -> float | None:
+    """``min_value`` checked: ``None`` or a number (``+-inf`` allowed, NaN refused)."""
+    return None if min_value is None else check_float("min_value", min_value, finite=False)
+
+
+def check_detect_options(
+    ndim: int | None, *, size: SizeArg, negatives: Negatives, min_value: float | None
+) -> None:
+    """Validate the NMS options of maps with ``ndim`` spatial axes (before any work;
+    ``ndim=None`` when unknown yet: then a per-axis ``size`` may have any length)."""
+    _per_axis("size", size, ndim, 1)
+    check_choice("negatives", negatives, _NEGATIVES)
+    _min_value(min_value)
+
+
+def _clamped(sizes: tuple[int, ...], shape: Sequence[int]) -> tuple[int, ...]:
+    """Each window clamped to ``2L - 1`` on an axis of length ``L``: the window
+    ``[i - s//2, i + (s-1)//2]`` covers the whole axis from every ``i`` once
+    ``(s-1)//2 >= L-1`` (then ``s//2 >= L-1`` too), i.e. ``s >= 2L - 1``."""
+    return tuple(min(s, 2 * n - 1) for s, n in zip(sizes, shape, strict=True))
 
 
 # ------------------------------------------------------------------------ torch (GPU)
@@ -283,7 +292,7 @@ def find_peaks_batch(
         Maximum-filter window (default 6, the paper's). See the module docstring.
     min_value : float, optional
         Candidates must exceed it (default: each map's minimum); it is compared in the
-        maps' dtype.
+        maps' dtype. ``-inf`` and ``inf`` are allowed, NaN raises ``ValueError``.
     exclude_border : int or sequence of int
         Drop candidates within this many voxels of the border (default 0).
     backend : {"auto", "scipy", "torch"}
@@ -310,22 +319,23 @@ def find_peaks_batch(
         raise ValueError(
             f"maps must have shape (B, *S) with 1-3 spatial dims, got {tuple(maps.shape)}"
         )
-    if backend not in ("auto", "scipy", "torch"):
-        raise ValueError(f"backend must be 'auto', 'scipy' or 'torch', got {backend!r}")
+    check_choice("backend", backend, ("auto", "scipy", "torch"))
     maps = maps.detach()
     if not maps.is_floating_point():
         maps = maps.float()
     nd = maps.ndim - 1
-    sizes = _sizes(size, nd)
-    borders = _borders(exclude_border, nd)
+    sizes = _per_axis("size", size, nd, 1)
+    borders = _per_axis("exclude_border", exclude_border, nd, 0)
+    low = _min_value(min_value)
     b = maps.shape[0]
     if b == 0 or maps[0].numel() == 0:
         return [
             (torch.zeros(0, nd, dtype=torch.long, device=maps.device), maps.new_zeros(0))
             for _ in range(b)
         ]
+    sizes = _clamped(sizes, maps.shape[1:])
     # the threshold as the maps' dtype holds it (as a comparison in that dtype would)
-    thr = None if min_value is None else float(torch.tensor(float(min_value), dtype=maps.dtype))
+    thr = None if low is None else float(torch.tensor(low, dtype=maps.dtype))
     if backend == "torch" or (backend == "auto" and maps.device.type != "cpu"):
         return _peaks_torch(maps, sizes, thr, borders)
     host = maps.cpu()
@@ -386,9 +396,8 @@ def find_peaks(
         t.unsqueeze(0), size=size, min_value=min_value, exclude_border=exclude_border
     )
     if max_peaks is not None:
-        if max_peaks < 0:
-            raise ValueError(f"max_peaks must be >= 0, got {max_peaks}")
-        coords, scores = coords[:max_peaks], scores[:max_peaks]
+        k = check_int("max_peaks", max_peaks, minimum=0)
+        coords, scores = coords[:k], scores[:k]
     return coords.cpu().numpy(), scores.cpu().numpy()
 
 
@@ -550,6 +559,7 @@ def detect_maps(
         )
     if not t.is_floating_point():
         t = t.float()
+    check_detect_options(t.ndim - 1, size=size, negatives=negatives, min_value=min_value)
     b = t.shape[0]
     ns = parse_n(n, b)
     cs = _parse_counts(counts, b)

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import math
+import re
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import torch
 from torch import Tensor, nn
 
+if TYPE_CHECKING:  # typing.Unpack is Python >= 3.11; annotations are not evaluated
+    from typing_extensions import Unpack
+
+from wsdet._checks import check_bool, check_int
+from wsdet._modules import eval_mode as _eval_mode
 from wsdet.attention.base import (
     AttentionMethod,
     Target,
@@ -18,17 +25,57 @@ from wsdet.attention.base import (
     select_target,
     warn_once,
 )
-from wsdet.detection import Detections, NArg, Negatives, SizeArg, detect_maps, parse_n
+from wsdet.detection import (
+    Detections,
+    NArg,
+    Negatives,
+    SizeArg,
+    check_detect_options,
+    detect_maps,
+    parse_n,
+)
 
-__all__ = ["Detector"]
+__all__ = ["Detector", "TileOptions"]
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV_NDIM: dict[type[nn.Module], int] = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
 _STOCHASTIC = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+#: torch's messages for an input smaller than a pooling/convolution window.
+_TOO_SMALL = re.compile(
+    r"too small|can't be greater than actual input size|"
+    r"should be less than the corresponding input dimension"
+)
+#: The size probe of a too-small input tries inputs of at most this many voxels.
+_PROBE_VOXELS = 2**21
+#: The tensor method converting to each dtype, for the dtype hint.
+_CAST = {
+    torch.float32: ".float()",
+    torch.float64: ".double()",
+    torch.float16: ".half()",
+    torch.bfloat16: ".bfloat16()",
+}
 
 
 class _FirstConv(Exception):
     """Raised by the input-hint probe at the first convolution called."""
+
+
+class TileOptions(TypedDict, total=False):
+    """How the maps are computed (the keyword arguments of :meth:`Detector.attention`).
+
+    ``tile_size`` (sequence of int): tile cores per spatial axis (see
+    :mod:`wsdet.attention.tiling`); ``tile_halo`` (int or sequence of int): the halo
+    around each core (default: measured); ``batch_size`` (int): chunks of at most this
+    many samples.
+    """
+
+    tile_size: Sequence[int] | None
+    tile_halo: int | Sequence[int] | None
+    batch_size: int | None
+
+
+def _cast(dtype: torch.dtype) -> str:
+    return _CAST.get(dtype, f".to({dtype})")
 
 
 class Detector:
@@ -90,7 +137,7 @@ class Detector:
         self.options: dict[str, Any] = {"target": target, **options}
         self.model = self.method.model  # a torch.compile-d model's eager module
         self.method_name = cls.name or cls.__name__
-        self.eval_mode = bool(eval_mode)
+        self.eval_mode = check_bool("eval_mode", eval_mode)
 
     def __repr__(self) -> str:
         return f"Detector(model={type(self.model).__name__}, method={self.method_name!r})"
@@ -114,7 +161,42 @@ class Detector:
             raise ValueError("x contains NaN or infinite values")
         return x
 
-    def _input_hint(self, x: Tensor) -> str | None:
+    def _input_error(self, x: Tensor, err: RuntimeError) -> Exception | None:
+        """A clear error for a model that rejects ``x`` (``None``: no better explanation).
+
+        Checked in turn, each cheaply: the dtype and device of the model's parameters, the
+        first convolution *called* on ``x`` (spatial dims, channels), and for torch's
+        "input too small" messages the smallest size the model accepts.
+        """
+        mismatch = self._dtype_device_hint(x)
+        if mismatch is not None:
+            return TypeError(mismatch)
+        hint = self._first_conv_hint(x)
+        if hint is not None:
+            return ValueError(hint)
+        if _TOO_SMALL.search(str(err)):
+            return ValueError(self._too_small_hint(x, err))
+        return None
+
+    def _dtype_device_hint(self, x: Tensor) -> str | None:
+        """``x`` and the model's first floating-point parameter disagree in dtype/device."""
+        tensors = [*self.model.parameters(), *self.model.buffers()]
+        ref = next((t for t in tensors if t.is_floating_point()), None)
+        if ref is None:
+            return None
+        if ref.dtype != x.dtype:
+            return (
+                f"x has dtype {x.dtype} but the model's parameters are {ref.dtype}: convert "
+                f"the input (x{_cast(ref.dtype)}) or the model (model{_cast(x.dtype)})"
+            )
+        if ref.device != x.device:
+            return (
+                f"x is on {x.device} but the model's parameters are on {ref.device}: move "
+                f"the input (x.to('{ref.device}')) or the model (model.to('{x.device}'))"
+            )
+        return None
+
+    def _first_conv_hint(self, x: Tensor) -> str | None:
         """Why the model rejects ``x``, judged by its first convolution *called* on it."""
         first: list[nn.Module] = []
 
@@ -147,17 +229,37 @@ class Detector:
             )
         return None
 
+    def _accepts(self, shape: tuple[int, ...], like: Tensor) -> bool:
+        """Whether one forward pass of the model runs on zeros of ``shape``."""
+        with instrumented(self.model), torch.no_grad():
+            try:
+                self.model(like.new_zeros(shape))
+            except Exception:  # too small still, or any other failure: not accepted
+                return False
+        return True
+
+    def _too_small_hint(self, x: Tensor, err: RuntimeError) -> str:
+        """The "input too small" message, with the smallest accepted size when a probe of
+        growing inputs finds it: the axes shorter than ``s`` grown to ``s``, for ``s`` from
+        the shortest axis + 1 up (inputs of at most ``_PROBE_VOXELS`` voxels)."""
+        spatial = tuple(int(v) for v in x.shape[2:])
+        why = str(err).strip().splitlines()[0]
+        text = f"x of shape {tuple(x.shape)} is too small for the model ({why})"
+        for s in range(min(spatial) + 1, min(spatial) + 257):  # 256 tries at most
+            grown = tuple(max(v, s) for v in spatial)
+            if math.prod(grown) > _PROBE_VOXELS:
+                break
+            if self._accepts((1, x.shape[1], *grown), x):
+                shape = ", ".join(map(str, grown))
+                return f"{text}; the smallest input it accepts is (B, {x.shape[1]}, {shape})"
+        return f"{text}; give a larger input"
+
     @contextlib.contextmanager
     def _mode(self) -> Iterator[None]:
         model = self.model
         if self.eval_mode:
-            flags = [(m, m.training) for m in model.modules()]
-            try:
-                model.eval()
+            with _eval_mode(model):
                 yield
-            finally:
-                for m, t in flags:
-                    m.training = t
         else:
             if any(m.training for m in model.modules() if isinstance(m, _STOCHASTIC)):
                 warn_once(
@@ -178,10 +280,10 @@ class Detector:
             except torch.cuda.OutOfMemoryError:  # not an input problem: no second pass
                 raise
             except RuntimeError as e:
-                hint = self._input_hint(x)
-                if hint is None:
+                clear = self._input_error(x, e)
+                if clear is None:
                     raise
-                raise ValueError(hint) from e
+                raise clear from e
 
     def attention_and_count(
         self,
@@ -208,10 +310,7 @@ class Detector:
             Process the batch in chunks of at most this many samples.
         """
         x = self._check_input(x)
-        if batch_size is not None:
-            if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-                raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
-        step = x.shape[0] if batch_size is None else batch_size
+        step = x.shape[0] if batch_size is None else check_int("batch_size", batch_size, minimum=1)
         if tile_size is None:
             if tile_halo is not None:
                 raise ValueError("tile_halo is only used with tile_size")
@@ -225,21 +324,13 @@ class Detector:
             return parts[0]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
-    def attention(
-        self,
-        x: Tensor,
-        *,
-        tile_size: Sequence[int] | None = None,
-        tile_halo: int | Sequence[int] | None = None,
-        batch_size: int | None = None,
-    ) -> Tensor:
+    def attention(self, x: Tensor, **tiling: Unpack[TileOptions]) -> Tensor:
         """Raw signed attention maps ``(B, *S)`` at input resolution, same device/dtype.
 
-        ``tile_size``, ``tile_halo`` and ``batch_size``: see :meth:`attention_and_count`.
+        ``**tiling``: ``tile_size``, ``tile_halo`` and ``batch_size``, as in
+        :meth:`attention_and_count`.
         """
-        return self.attention_and_count(
-            x, tile_size=tile_size, tile_halo=tile_halo, batch_size=batch_size
-        )[0]
+        return self.attention_and_count(x, **tiling)[0]
 
     def count(self, x: Tensor) -> Tensor:
         """The model's predicted count per image, ``(B,)`` (a forward pass only)."""
@@ -260,11 +351,9 @@ class Detector:
         size: SizeArg = 6,
         negatives: Negatives = "clip",
         min_value: float | None = None,
-        tile_size: Sequence[int] | None = None,
-        tile_halo: int | Sequence[int] | None = None,
-        batch_size: int | None = None,
         size_mm: float | Sequence[float] | None = None,
         spacing: Sequence[float] | None = None,
+        **tiling: Unpack[TileOptions],
     ) -> list[Detections]:
         """Point detections per image: attention, then :func:`wsdet.detect_maps`.
 
@@ -278,18 +367,20 @@ class Detector:
             that many (rounded half up), ``"all"`` keeps every candidate (use it for a
             FROC curve: :func:`wsdet.metrics.evaluate` warns on truncated detections).
         size : int or sequence of int
-            Maximum-filter size of the NMS (default 6, as in the paper).
+            Maximum-filter size of the NMS (default 6, as in the paper). A window larger
+            than ``2 L - 1`` along an axis of length ``L`` covers the whole axis from every
+            voxel and is clamped to it (same result).
         negatives : {"clip", "abs", "keep"}
             What to do with negative map values before NMS (the paper clips).
         min_value : float, optional
-            Candidates must exceed it (default: each map's minimum).
-        tile_size, tile_halo, batch_size
-            As in :meth:`attention_and_count`.
+            Candidates must exceed it (default: each map's minimum); NaN raises.
         size_mm : float or sequence of float, optional
             The NMS window in millimetres instead of ``size`` (with ``spacing``):
             :func:`wsdet.io.size_in_voxels` voxels per axis.
         spacing : sequence of float, optional
             Voxel size per spatial axis in mm (e.g. ``Volume.spacing``), for ``size_mm``.
+        **tiling
+            ``tile_size``, ``tile_halo``, ``batch_size``: as in :meth:`attention_and_count`.
 
         Returns
         -------
@@ -317,9 +408,9 @@ class Detector:
                     f"got {spacing!r}"
                 )
             size = size_in_voxels(size_mm, sp)
-        maps, counts = self.attention_and_count(
-            x, tile_size=tile_size, tile_halo=tile_halo, batch_size=batch_size
-        )
+        if isinstance(x, Tensor) and x.ndim in (4, 5):  # fail before the model runs
+            check_detect_options(x.ndim - 2, size=size, negatives=negatives, min_value=min_value)
+        maps, counts = self.attention_and_count(x, **tiling)
         return detect_maps(
             maps, n=n, counts=counts, size=size, negatives=negatives, min_value=min_value
         )

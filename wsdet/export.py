@@ -36,9 +36,10 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from wsdet._checks import check_choice, check_float, check_int
 from wsdet._io import atomic_write_text
 from wsdet.detection import Detections
-from wsdet.io import Volume, WorldDetections, save_volume
+from wsdet.io import Volume, WorldDetections, _as_points, _as_spacing, save_volume
 
 __all__ = [
     "MARKUPS_SCHEMA",
@@ -199,8 +200,7 @@ def read_points_csv(
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"no such file: {p}")
-    if coords not in ("voxel", "mm"):
-        raise ValueError(f"coords must be 'voxel' or 'mm', got {coords!r}")
+    check_choice("coords", coords, ("voxel", "mm"))
     with open(p, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         fields = [c.strip() for c in reader.fieldnames or []]
@@ -280,8 +280,7 @@ def write_markups(
     >>> read_markups(p)[0].tolist()  # read back in RAS
     [[1.0, 2.0, 3.0]]
     """
-    if coordinate_system not in ("RAS", "LPS"):
-        raise ValueError(f"coordinate_system must be 'RAS' or 'LPS', got {coordinate_system!r}")
+    check_choice("coordinate_system", coordinate_system, ("RAS", "LPS"))
     voxels: NDArray[Any] | None = None
     sc: NDArray[np.float64] | None
     if isinstance(detections, WorldDetections):
@@ -296,10 +295,9 @@ def write_markups(
     else:
         pts = np.asarray(detections, dtype=np.float64)
         sc = None if scores is None else np.asarray(scores, dtype=np.float64)
-    if pts.size == 0:
-        pts = np.zeros((0, 3))
-    if pts.ndim != 2 or pts.shape[1] != 3 or not np.isfinite(pts).all():
-        raise ValueError(f"points must be finite (k, 3) positions in mm, got shape {pts.shape}")
+    pts = _as_points(pts, "points", 3, "positions in mm")
+    if not np.isfinite(pts).all():
+        raise ValueError("points must be finite positions in mm")
     if sc is not None and sc.shape != (pts.shape[0],):
         raise ValueError(f"scores must have shape ({pts.shape[0]},), got {sc.shape}")
     flip = np.array([-1.0, -1.0, 1.0]) if coordinate_system == "LPS" else np.ones(3)
@@ -402,17 +400,12 @@ def points_to_mask(
     >>> points_to_mask([[1, 1], [0, 3]], (3, 4)).tolist()
     [[0, 0, 0, 2], [0, 1, 0, 0], [0, 0, 0, 0]]
     """
-    shp = tuple(int(s) for s in shape)
-    pts = np.asarray(points, dtype=np.float64)
-    if pts.size == 0:
-        pts = np.zeros((0, len(shp)))
-    if pts.ndim != 2 or pts.shape[1] != len(shp):
-        raise ValueError(f"points must have shape (k, {len(shp)}), got {pts.shape}")
+    shp = tuple(check_int(f"shape[{i}]", s, minimum=1) for i, s in enumerate(shape))
+    pts = _as_points(points, "points", len(shp), "voxel indices")
     if pts.shape[0] > np.iinfo(np.uint16).max:
         raise ValueError(f"at most 65535 points fit a uint16 label volume, got {pts.shape[0]}")
-    sp = np.ones(len(shp)) if spacing is None else np.asarray(spacing, dtype=np.float64)
-    if not math.isfinite(radius_mm) or radius_mm < 0:
-        raise ValueError(f"radius_mm must be >= 0, got {radius_mm!r}")
+    sp = np.asarray(_as_spacing(1.0 if spacing is None else spacing, len(shp)))
+    radius_mm = check_float("radius_mm", radius_mm, nonnegative=True)
     out = np.zeros(shp, dtype=np.uint16)
     idx = np.floor(pts + 0.5).astype(np.int64)
     half = np.floor(radius_mm / sp).astype(np.int64)

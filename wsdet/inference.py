@@ -39,8 +39,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset, Subset
 
-from wsdet._io import PathLike, atomic_write, atomic_write_text
-from wsdet.detection import Detections, NArg, Negatives, SizeArg
+from wsdet._checks import PathLike, check_int
+from wsdet._io import atomic_write, atomic_write_text
+from wsdet.detection import Detections, NArg, Negatives, SizeArg, check_detect_options
 from wsdet.detector import Detector
 from wsdet.distributed import Collective
 
@@ -288,8 +289,8 @@ def run_detection(
             "dataset must be indexable with a length (a map-style Dataset or a sequence): "
             f"volumes are named by index to resume; got {type(dataset).__name__}"
         )
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise ValueError(f"num_workers must be an int >= 0; got {num_workers!r}")
+    check_int("num_workers", num_workers, minimum=0)
+    check_detect_options(None, size=size, negatives=negatives, min_value=min_value)
     if not (n is None or n == "all" or (isinstance(n, int) and not isinstance(n, bool))):
         raise ValueError(f"n must be None, an int or 'all' (one rule for every volume); got {n!r}")
     total = len(dataset)

@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from wsdet._checks import check_int
 from wsdet.detection import Detections
 
 __all__ = [
@@ -123,6 +124,17 @@ def _as_affine(affine: ArrayLike, name: str = "affine") -> NDArray[np.float64]:
     if abs(np.linalg.det(a[:3, :3])) < 1e-12:
         raise ValueError(f"{name} is singular: its 3x3 block has determinant 0")
     return a
+
+
+def _as_points(points: ArrayLike, name: str, width: int, what: str) -> NDArray[np.float64]:
+    """``points`` as a ``(k, width)`` float64 array (``(0, width)`` when empty); else a
+    ``ValueError`` naming ``name`` and the expected shape of ``what``."""
+    p = np.asarray(points, dtype=np.float64)
+    if p.size == 0:
+        return np.zeros((0, width))
+    if p.ndim != 2 or p.shape[1] != width:
+        raise ValueError(f"{name} must have shape (k, {width}) ({what}), got {p.shape}")
+    return p
 
 
 def _as_spacing(spacing: ArrayLike, ndim: int) -> tuple[float, ...]:
@@ -245,6 +257,17 @@ class Volume:
         return WorldDetections.from_detections(detections, self)
 
 
+def _mapping_args(
+    points: ArrayLike, name: str, affine: ArrayLike, ndim: int
+) -> tuple[NDArray[np.float64], NDArray[np.float64], int]:
+    """The checked points, affine and ``ndim`` of a voxel <-> world mapping: ``points_mm``
+    are ``(k, 3)`` RAS mm, ``points`` ``(k, ndim)`` voxel indices."""
+    nd = check_int("ndim", ndim, minimum=1, maximum=3)
+    world = name == "points_mm"
+    p = _as_points(points, name, 3 if world else nd, "RAS mm" if world else "voxel indices")
+    return p, _as_affine(affine), nd
+
+
 def voxel_to_world(points: ArrayLike, affine: ArrayLike, ndim: int = 3) -> NDArray[np.float64]:
     """Map voxel indices ``(k, ndim)`` to world mm ``(k, 3)`` with a 4x4 affine.
 
@@ -255,14 +278,8 @@ def voxel_to_world(points: ArrayLike, affine: ArrayLike, ndim: int = 3) -> NDArr
     >>> voxel_to_world([[1, 2, 3]], np.diag([2.0, 3.0, 4.0, 1.0])).tolist()
     [[2.0, 6.0, 12.0]]
     """
-    aff = _as_affine(affine)
-    p = np.asarray(points, dtype=np.float64)
-    if p.size == 0:
-        return np.zeros((0, 3))
-    if p.ndim != 2 or p.shape[1] != ndim:
-        raise ValueError(f"points must have shape (k, {ndim}) (voxel indices), got {p.shape}")
-    if ndim < 3:
-        p = np.concatenate([p, np.zeros((p.shape[0], 3 - ndim))], axis=1)
+    p, aff, nd = _mapping_args(points, "points", affine, ndim)
+    p = np.concatenate([p, np.zeros((p.shape[0], 3 - nd))], axis=1)  # 2D: k = 0
     out: NDArray[np.float64] = p @ aff[:3, :3].T + aff[:3, 3]
     return out
 
@@ -275,14 +292,9 @@ def world_to_voxel(points_mm: ArrayLike, affine: ArrayLike, ndim: int = 3) -> ND
     >>> world_to_voxel([[2.0, 6.0, 12.0]], np.diag([2.0, 3.0, 4.0, 1.0])).tolist()
     [[1.0, 2.0, 3.0]]
     """
-    aff = _as_affine(affine)
-    p = np.asarray(points_mm, dtype=np.float64)
-    if p.size == 0:
-        return np.zeros((0, ndim))
-    if p.ndim != 2 or p.shape[1] != 3:
-        raise ValueError(f"points_mm must have shape (k, 3) (RAS mm), got {p.shape}")
+    p, aff, nd = _mapping_args(points_mm, "points_mm", affine, ndim)
     out: NDArray[np.float64] = (p - aff[:3, 3]) @ np.linalg.inv(aff[:3, :3]).T
-    return out[:, :ndim]
+    return out[:, :nd]
 
 
 @dataclass(repr=False)

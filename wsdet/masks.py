@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from wsdet._checks import check_float, check_int
+
 if TYPE_CHECKING:
     from wsdet.io import Volume
 
@@ -75,11 +77,10 @@ def points_from_mask(
         arr = arr.astype(np.int64)
     elif arr.dtype.kind not in "biu":
         raise TypeError(f"mask must be a binary or integer label array, got dtype {arr.dtype}")
-    if connectivity is not None and connectivity not in range(1, arr.ndim + 1):
-        raise ValueError(f"connectivity must be 1 to {arr.ndim}, got {connectivity!r}")
+    if connectivity is not None:
+        check_int("connectivity", connectivity, minimum=1, maximum=arr.ndim)
     voxel = 1.0 if sp_given is None else float(np.prod(_as_spacing(sp_given, arr.ndim)))
-    if not np.isfinite(min_size) or min_size < 0:
-        raise ValueError(f"min_size must be >= 0, got {min_size!r}")
+    check_float("min_size", min_size, nonnegative=True)
     labels = measure.label(  # type: ignore[no-untyped-call]
         arr, background=0, connectivity=connectivity or arr.ndim
     )

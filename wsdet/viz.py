@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from wsdet._checks import PathLike, check_bool, check_choice, check_float, check_int, check_path
+
 if TYPE_CHECKING:
     from wsdet.viz3d import mip, orthogonal_slices
 
@@ -68,6 +70,49 @@ def _np2d(a: Any, name: str) -> np.ndarray:
     return _array(a, name, 2)
 
 
+#: How targets (ground truth) and detections are marked, in every figure.
+_TARGET_MARKS: dict[str, Any] = {
+    "s": 80,
+    "facecolors": "none",
+    "edgecolors": "lime",
+    "linewidths": 1.5,
+}
+_DETECTION_MARKS: dict[str, Any] = {"s": 40, "marker": "x", "c": "red", "linewidths": 1.5}
+
+
+def _mark(ax: Any, xy: tuple[np.ndarray, np.ndarray], style: dict[str, Any], **kw: Any) -> None:
+    """Scatter points ``(x, y)`` on ``ax`` with ``style`` (nothing when there are none)."""
+    if len(xy[0]):
+        ax.scatter(*xy, **{**style, **kw})
+
+
+def _same_shape(name: str, a: np.ndarray, image: np.ndarray) -> None:
+    if a.shape != image.shape:
+        raise ValueError(
+            f"{name} has shape {a.shape} but image has {image.shape}: expected the image's shape"
+        )
+
+
+def _opacity(alpha: object) -> float:
+    a = check_float("alpha", alpha, nonnegative=True)
+    if a > 1:
+        raise ValueError(f"alpha must be in [0, 1]; got {alpha!r}")
+    return a
+
+
+def _optional_str(name: str, value: object) -> None:
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{name} must be a str or None; got {type(value).__name__} {value!r}")
+
+
+def _mapping(name: str, value: object, *, optional: bool = False) -> Mapping[str, Any]:
+    if value is None and optional:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name} must be a mapping name -> value; got {type(value).__name__}")
+    return value
+
+
 def _pts(p: Any, name: str, ndim: int = 2) -> np.ndarray:
     """``(k, ndim)`` points (``None`` or empty: none)."""
     if p is None:
@@ -100,12 +145,14 @@ def map_style(amap: Any, cmap: str | None = None) -> dict[str, Any]:
     return {"cmap": cmap or "magma", "vmin": 0.0, "vmax": hi if hi > 0 else 1.0}
 
 
-def _colorbar(ax: Any, mappable: Any, label: str | None = None) -> Any:
-    cb = ax.figure.colorbar(mappable, ax=ax, fraction=0.046, pad=0.02)
-    if label:
-        cb.set_label(label, fontsize=8)
-    cb.ax.tick_params(labelsize=7)
-    return cb
+def _show_map(
+    ax: Any, m: np.ndarray, colorbar: bool, *, alpha: float | None = None, cmap: str | None = None
+) -> None:
+    """Draw the 2D map ``m`` on ``ax`` in its :func:`map_style`, with its colour bar."""
+    im = ax.imshow(m, alpha=alpha, interpolation="nearest", **map_style(m, cmap))
+    if colorbar:
+        cb = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+        cb.ax.tick_params(labelsize=7)
 
 
 def overlay(
@@ -126,26 +173,24 @@ def overlay(
     ``cmap=None`` picks by the map's sign (:func:`map_style`); ``colorbar`` adds the map's
     colour bar. Returns the figure.
     """
-    plt = _plt()
+    alpha = _opacity(alpha)
+    colorbar = check_bool("colorbar", colorbar)
+    _optional_str("title", title)
     img = _np2d(image, "image")
+    m = None if amap is None else _np2d(amap, "amap")
+    if m is not None:
+        _same_shape("amap", m, img)
+    g, p = _pts(gt, "gt"), _pts(points, "points")
+    plt = _plt()
     if ax is None:
         fig, ax = plt.subplots(figsize=(4, 4 * img.shape[0] / max(img.shape[1], 1)))
     else:
         fig = ax.figure
     ax.imshow(img, cmap="gray", interpolation="nearest")
-    if amap is not None:
-        m = _np2d(amap, "amap")
-        if m.shape != img.shape:
-            raise ValueError(f"amap has shape {m.shape} but image has {img.shape}")
-        im = ax.imshow(m, alpha=alpha, interpolation="nearest", **map_style(m, cmap))
-        if colorbar:
-            _colorbar(ax, im)
-    g = _pts(gt, "gt")
-    if len(g):
-        ax.scatter(g[:, 1], g[:, 0], s=80, facecolors="none", edgecolors="lime", linewidths=1.5)
-    p = _pts(points, "points")
-    if len(p):
-        ax.scatter(p[:, 1], p[:, 0], s=40, marker="x", c="red", linewidths=1.5)
+    if m is not None:
+        _show_map(ax, m, colorbar, alpha=alpha, cmap=cmap)
+    _mark(ax, (g[:, 1], g[:, 0]), _TARGET_MARKS)  # scatter takes (x, y) = (col, row)
+    _mark(ax, (p[:, 1], p[:, 0]), _DETECTION_MARKS)
     ax.set_axis_off()
     if title:
         ax.set_title(title, fontsize=9)
@@ -165,26 +210,62 @@ def attention_grid(
     """One panel with the image (and ``gt``) and one panel per named map (paper Fig. 3).
 
     Each map has its own colour scale (:func:`map_style`) and, with ``colorbar``, bar.
+
+    Parameters
+    ----------
+    image : array_like or Tensor
+        A 2D image (squeezed).
+    maps : mapping of str to array_like
+        Name -> map of the image's shape, one panel each.
+    points : mapping of str to array_like, optional
+        Name (one of ``maps``) -> ``(k, 2)`` detections drawn on that map's panel.
+    gt : array_like, optional
+        ``(k, 2)`` ground-truth points drawn on the image panel.
+    ncols : int
+        Panels per row (at least 1).
+    panel_size : float
+        Panel width in inches (> 0).
+    colorbar : bool
+        A colour bar beside each map.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Raises
+    ------
+    ValueError
+        If a map does not have the image's shape, ``points`` names a map not in ``maps``,
+        or a scalar option is out of range.
+    TypeError
+        If ``maps`` or ``points`` is not a mapping, or a scalar option has the wrong type.
     """
-    plt = _plt()
-    n = 1 + len(maps)
-    ncols = max(1, min(ncols, n))
-    nrows = (n + ncols - 1) // ncols
+    maps = _mapping("maps", maps)
+    marks = _mapping("points", points, optional=True)
+    unknown = sorted(set(marks) - set(maps))
+    if unknown:
+        raise ValueError(f"points names maps not in maps: {unknown}; maps has {list(maps)}")
+    ncols = check_int("ncols", ncols, minimum=1)
+    panel_size = check_float("panel_size", panel_size, positive=True)
+    colorbar = check_bool("colorbar", colorbar)
     img = _np2d(image, "image")
+    arrays = {name: _np2d(m, f"maps[{name!r}]") for name, m in maps.items()}
+    for name, mm in arrays.items():
+        _same_shape(f"maps[{name!r}]", mm, img)
+    plt = _plt()
+    n = 1 + len(arrays)
+    ncols = min(ncols, n)
+    nrows = (n + ncols - 1) // ncols
     aspect = img.shape[0] / max(img.shape[1], 1)
     fig, axes = plt.subplots(
         nrows, ncols, figsize=(panel_size * ncols, panel_size * aspect * nrows + 0.4), squeeze=False
     )
     flat = axes.ravel()
     overlay(img, gt=gt, ax=flat[0], title="image")
-    for ax, (name, m) in zip(flat[1:], maps.items(), strict=False):
-        mm = _np2d(m, f"maps[{name!r}]")
-        im = ax.imshow(mm, interpolation="nearest", **map_style(mm))
-        if colorbar:
-            _colorbar(ax, im)
-        p = _pts((points or {}).get(name), f"points[{name!r}]")
-        if len(p):
-            ax.scatter(p[:, 1], p[:, 0], s=30, marker="x", c="lime", linewidths=1.2)
+    for ax, (name, mm) in zip(flat[1:], arrays.items(), strict=False):
+        _show_map(ax, mm, colorbar)
+        p = _pts(marks.get(name), f"points[{name!r}]")
+        _mark(ax, (p[:, 1], p[:, 0]), _DETECTION_MARKS, s=30, c="lime", linewidths=1.2)
         ax.set_axis_off()
         ax.set_title(name, fontsize=9)
     for ax in flat[n:]:
@@ -247,10 +328,13 @@ def froc_band(
     """
     from wsdet.metrics import bootstrap_weights, sensitivity_at_fp, weighted_froc_curves
 
-    if not 0 < level < 1:
+    if not 0 < check_float("level", level) < 1:
         raise ValueError(f"level must be in (0, 1), got {level!r}")
-    grid = np.linspace(0.0, float(max_fp), 200) if fp is None else np.asarray(fp, float)
-    if grid.ndim != 1 or grid.size == 0 or (grid < 0).any():
+    if fp is None:
+        grid = np.linspace(0.0, check_float("max_fp", max_fp, positive=True), 200)
+    else:
+        grid = np.asarray(fp, float)
+    if grid.ndim != 1 or grid.size == 0 or not (grid >= 0).all():
         raise ValueError("fp must be a non-empty 1D sequence of non-negative numbers")
     w = bootstrap_weights(len(results), B=n_bootstrap, seed=seed)
     curves = weighted_froc_curves(results, w)
@@ -267,6 +351,34 @@ def froc_band(
 
 #: LUNA16's FP budgets, the ticks of a log-x FROC plot.
 _LOG_TICKS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+def _curve(name: str, c: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``curves[name]`` as ``(fp_avg, sensitivity)`` float arrays of one length."""
+    try:
+        if hasattr(c, "fp_avg"):
+            fp, se = np.asarray(c.fp_avg, float), np.asarray(c.sensitivity, float)
+        else:
+            fp, se = (np.asarray(v, float) for v in c)
+    except (TypeError, ValueError, AttributeError):
+        fp = se = np.zeros((0, 0))
+    if fp.ndim != 1 or fp.shape != se.shape:
+        raise ValueError(
+            f"curves[{name!r}] must be a FROC (fp_avg, sensitivity) or a pair of 1D "
+            f"sequences of one length; got {c!r:.80}"
+        )
+    return fp, se
+
+
+def _point(name: str, op: Any) -> tuple[list[float], list[float]]:
+    """``operating_points[name]`` as ``([fp], [sensitivity])``."""
+    try:
+        fp, se = (float(v) for v in op)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"operating_points[{name!r}] must be two numbers (fp_avg, sensitivity); got {op!r}"
+        ) from None
+    return [fp], [se]
 
 
 def plot_froc(
@@ -311,27 +423,52 @@ def plot_froc(
     Returns
     -------
     matplotlib.figure.Figure
+
+    Raises
+    ------
+    TypeError
+        If ``curves``, ``bands`` or ``operating_points`` is not a mapping, a band is not a
+        :class:`FROCBand`, or a scalar option has the wrong type.
+    ValueError
+        If a curve is not two 1D sequences of one length, ``bands`` or
+        ``operating_points`` name a curve not in ``curves``, an operating point is not two
+        numbers, or a scalar option is out of range.
     """
-    if legend not in ("outside", "inside", "none"):
-        raise ValueError(f"legend must be 'outside', 'inside' or 'none', got {legend!r}")
+    check_choice("legend", legend, ("outside", "inside", "none"))
+    lines = {name: _curve(name, c) for name, c in _mapping("curves", curves).items()}
+    shaded = _mapping("bands", bands, optional=True)
+    marked = _mapping("operating_points", operating_points, optional=True)
+    for what, named in (("bands", shaded), ("operating_points", marked)):
+        unknown = sorted(set(named) - set(lines))
+        if unknown:
+            raise ValueError(f"{what} names curves not in curves: {unknown}")
+    for name, b in shaded.items():
+        if not isinstance(b, FROCBand):
+            raise TypeError(f"bands[{name!r}] must be a FROCBand; got {type(b).__name__}")
+    points = {name: _point(name, op) for name, op in marked.items()}
+    if max_fp is not None:
+        max_fp = check_float("max_fp", max_fp, positive=True)
+    min_fp = check_float("min_fp", min_fp, positive=True)
+    log_x = check_bool("log_x", log_x)
+    if log_x and max_fp is not None and max_fp <= min_fp:
+        raise ValueError(f"max_fp must exceed min_fp ({min_fp}) on a log x axis; got {max_fp}")
+    if not isinstance(fp_unit, str):
+        raise TypeError(f"fp_unit must be a str; got {type(fp_unit).__name__}")
+    _optional_str("title", title)
     plt = _plt()
     if ax is None:
         fig, ax = plt.subplots(figsize=(6.2, 4) if legend == "outside" else (5, 4))
     else:
         fig = ax.figure
-    for name, c in curves.items():
-        if hasattr(c, "fp_avg"):
-            fp, se = np.asarray(c.fp_avg, float), np.asarray(c.sensitivity, float)
-        else:
-            fp, se = (np.asarray(v, float) for v in c)
+    for name, (fp, se) in lines.items():
         if max_fp is not None and len(fp) and fp[-1] < max_fp:  # flat beyond the end-point
             fp, se = np.append(fp, max_fp), np.append(se, se[-1])
         if log_x:
             keep = fp > 0
             fp, se = fp[keep], se[keep]
         (line,) = ax.plot(fp, se, label=name, lw=1.5)
-        if bands and name in bands:
-            b = bands[name]
+        if name in shaded:
+            b = shaded[name]
             sel = b.fp > 0 if log_x else np.ones(b.fp.shape, bool)
             ax.fill_between(
                 b.fp[sel],
@@ -342,9 +479,8 @@ def plot_froc(
                 lw=0,
                 label=f"{name} {100 * b.level:g}% band",
             )
-        if operating_points and name in operating_points:
-            ofp, ose = operating_points[name]
-            ax.plot([ofp], [ose], marker="o", color=line.get_color(), ms=5)
+        if name in points:
+            ax.plot(*points[name], marker="o", color=line.get_color(), ms=5)
     if log_x:
         ax.set_xscale("log")
         hi = max_fp if max_fp is not None else _LOG_TICKS[-1]
@@ -367,17 +503,17 @@ def plot_froc(
     return fig
 
 
-def save_figure(fig: Any, path: str, *, dpi: int = 80) -> None:
+def save_figure(fig: Any, path: PathLike, *, dpi: int = 80) -> None:
     """Save ``fig`` to ``path`` (PNG by extension) atomically and close it."""
-    import os
-
     from wsdet._io import atomic_write
 
+    target = check_path("path", path)
+    dpi = check_int("dpi", dpi, minimum=1)
     plt = _plt()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fmt = os.path.splitext(path)[1].lstrip(".") or "png"
+    target.absolute().parent.mkdir(parents=True, exist_ok=True)
+    fmt = target.suffix.lstrip(".") or "png"
     try:
-        atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=dpi, bbox_inches="tight"))
+        atomic_write(target, lambda f: fig.savefig(f, format=fmt, dpi=dpi, bbox_inches="tight"))
     finally:
         plt.close(fig)
 

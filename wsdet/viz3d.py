@@ -11,7 +11,19 @@ from typing import Any
 
 import numpy as np
 
-from wsdet.viz import _array, _plt, _pts, map_style
+from wsdet._checks import check_float
+from wsdet.viz import (
+    _DETECTION_MARKS,
+    _TARGET_MARKS,
+    _array,
+    _mark,
+    _opacity,
+    _optional_str,
+    _plt,
+    _pts,
+    _same_shape,
+    map_style,
+)
 
 __all__ = ["mip", "orthogonal_slices"]
 
@@ -73,11 +85,14 @@ def _views(
     title: str | None,
     panel_size: float,
 ) -> Any:
-    plt = _plt()
+    alpha = _opacity(alpha)
+    slab = check_float("slab", slab, nonnegative=True)
+    panel_size = check_float("panel_size", panel_size, positive=True)
+    _optional_str("title", title)
     img = _np3d(image, "image")
     m = None if amap is None else _np3d(amap, "amap")
-    if m is not None and m.shape != img.shape:
-        raise ValueError(f"amap has shape {m.shape} but image has {img.shape}")
+    if m is not None:
+        _same_shape("amap", m, img)
     det, tgt = _pts3(points, "points"), _pts3(targets, "targets")
     sp, names = _geometry(spacing, affine)
     if point is None:
@@ -95,54 +110,23 @@ def _views(
             else 3 + a
         ),
     )
-    style = None if m is None else map_style(m, cmap)
+    style = None if m is None else {"alpha": alpha, **map_style(m, cmap)}
+    plt = _plt()
     fig, axes = plt.subplots(
         1, 3, figsize=(3 * panel_size + (1.0 if m is not None else 0), panel_size)
     )
     for ax, a in zip(axes, order, strict=True):
         p, q = [b for b in range(3) if b != a]  # horizontal, vertical array axes
-
-        def cut(v: np.ndarray, signed: bool = False, a: int = a) -> np.ndarray:
-            return _cut(v, mode, a, int(c[a]), signed)
-
-        ax.imshow(
-            cut(img),
-            cmap="gray",
-            origin="lower",
-            interpolation="nearest",
-            aspect=float(sp[q] / sp[p]),
-        )
+        shown = {"origin": "lower", "interpolation": "nearest", "aspect": float(sp[q] / sp[p])}
+        ax.imshow(_cut(img, mode, a, int(c[a]), False), cmap="gray", **shown)
         if m is not None and style is not None:
-            im = ax.imshow(
-                cut(m, signed=True),
-                origin="lower",
-                interpolation="nearest",
-                aspect=float(sp[q] / sp[p]),
-                alpha=alpha,
-                **style,
-            )
-        near_t = tgt if mode == "mip" else tgt[np.abs(tgt[:, a] - c[a]) <= slab]
-        near_d = det if mode == "mip" else det[np.abs(det[:, a] - c[a]) <= slab]
-        if len(near_t):
-            ax.scatter(
-                near_t[:, p],
-                near_t[:, q],
-                s=80,
-                facecolors="none",
-                edgecolors="lime",
-                linewidths=1.5,
-                label="targets",
-            )
-        if len(near_d):
-            ax.scatter(
-                near_d[:, p],
-                near_d[:, q],
-                s=40,
-                marker="x",
-                c="red",
-                linewidths=1.5,
-                label="detections",
-            )
+            im = ax.imshow(_cut(m, mode, a, int(c[a]), True), **shown, **style)
+        for pts, marks, label in (
+            (tgt, _TARGET_MARKS, "targets"),
+            (det, _DETECTION_MARKS, "detections"),
+        ):
+            near = pts if mode == "mip" else pts[np.abs(pts[:, a] - c[a]) <= slab]
+            _mark(ax, (near[:, p], near[:, q]), marks, label=label)
         if mode == "slice":
             ax.axhline(c[q], color="yellow", lw=0.5, alpha=0.6)
             ax.axvline(c[p], color="yellow", lw=0.5, alpha=0.6)

@@ -163,20 +163,26 @@ def build_model(args: argparse.Namespace, spec: dict[str, Any]) -> Any:
     return model
 
 
-def _reference_model(spec: dict[str, Any]) -> Any:
-    from wsdet.models import BaseCNN, GatedAttentionNet, GPUnet, GPUnetNoResidual
+def arch_class(arch: str) -> Any:
+    """The reference architecture class of a command-line name (one of :data:`ARCHS`)."""
+    from wsdet import models
 
-    arch = spec["arch"]
-    if arch not in ARCHS:
+    classes = {
+        "gpunet": models.GPUnet,
+        "gpunet_no_residual": models.GPUnetNoResidual,
+        "gated_attention": models.GatedAttentionNet,
+        "basecnn": models.BaseCNN,
+    }
+    if arch not in classes:
         raise UserError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHS)}")
+    return classes[arch]
+
+
+def _reference_model(spec: dict[str, Any]) -> Any:
+    arch = spec["arch"]
+    cls = arch_class(arch)
     if spec.get("dim") not in (2, 3):
         raise UserError(f"--arch {arch} needs --dim 2 or --dim 3")
-    cls = {
-        "gpunet": GPUnet,
-        "gpunet_no_residual": GPUnetNoResidual,
-        "gated_attention": GatedAttentionNet,
-        "basecnn": BaseCNN,
-    }[arch]
     return cls(dim=spec["dim"], in_channels=spec.get("in_channels") or 1, width=spec.get("width"))
 
 

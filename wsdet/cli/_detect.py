@@ -118,6 +118,16 @@ def _keep(spec: str, count: float, total: int, option: str) -> int:
     return min(total, k)
 
 
+def _check_detect_args(args: argparse.Namespace) -> None:
+    """The detection options checked before any model is built or volume read."""
+    for spec, option in ((args.n, "--n"), (args.markups_n, "--markups-n")):
+        _keep(spec, math.nan, 0, option)
+    if args.size is not None and args.size < 1:
+        raise UserError(f"--size must be >= 1 (voxels), got {args.size}")
+    if args.size_mm is not None and not (math.isfinite(args.size_mm) and args.size_mm > 0):
+        raise UserError(f"--size-mm must be a positive length in mm, got {args.size_mm}")
+
+
 class _Session:
     """A model bound to a method, applied to one volume at a time."""
 
@@ -196,6 +206,7 @@ def run_detect(args: argparse.Namespace) -> int:
     from wsdet.io import save_volume, size_in_voxels
 
     files = expand_inputs(args.inputs)
+    _check_detect_args(args)
     session = _Session(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
