@@ -53,12 +53,12 @@ def main(argv: list[str] | None = None) -> int:
         from wsdet.experiments.mnist import MNISTStudyConfig, run_mnist
 
         for digit in args.digits:
-            over: dict[str, object] = {"digit": digit, "root": args.root}
+            over: dict[str, Any] = {"digit": digit, "root": args.root}
             if args.budget_min is not None:
                 over["time_budget_min"] = args.budget_min
             if args.max_epochs is not None:
                 over["max_epochs"] = args.max_epochs
-            cfg = MNISTStudyConfig.smoke(**over) if args.smoke else MNISTStudyConfig(**over)  # type: ignore[arg-type]
+            cfg = MNISTStudyConfig.smoke(**over) if args.smoke else MNISTStudyConfig(**over)
             out = f"{args.out}/digit{digit}"
             got = run_mnist(
                 cfg, out, interim=args.interim, train_only=args.train_only, device=args.device
@@ -67,12 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.study == "lesions3d":
         from wsdet.experiments.lesions import LesionStudyConfig, run_lesions
 
-        over3: dict[str, object] = {}
+        over3: dict[str, Any] = {}
         if args.settings:
             over3["settings"] = tuple(args.settings)
         if args.budget_min is not None:
             over3["time_budget_min"] = args.budget_min
-        cfg3 = LesionStudyConfig.smoke(**over3) if args.smoke else LesionStudyConfig(**over3)  # type: ignore[arg-type]
+        cfg3 = LesionStudyConfig.smoke(**over3) if args.smoke else LesionStudyConfig(**over3)
         got3 = run_lesions(
             cfg3, args.out, interim=args.interim, train_only=args.train_only, device=args.device
         )

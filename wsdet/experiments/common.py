@@ -1,23 +1,17 @@
-"""Shared pieces of the paper-reproduction studies: the resumable cache, training of one
-network, detection of one method, and evaluation from cached detections.
+"""Training of the paper-reproduction studies' networks: resumable, cached, shareable.
 
-Everything expensive is cached under an output folder, keyed by a hash of the exact
-configuration that produced it:
-
-- ``models/<name>-<key>/``: the Trainer's ``last.pt`` (resumable training state),
-  ``best.pt`` (best-validation weights), ``history.csv``, ``config.json`` and, once the run
-  ended, ``done.json`` (epochs, stop reason, seconds). A run interrupted mid-training
-  resumes from ``last.pt`` bit for bit; a finished one is loaded, never retrained.
-- ``detections/<name>-<key>.npz``: every NMS candidate of every test image (points, scores,
-  per-image offsets, predicted counts) for one method and network. Metrics are cheap and
-  recomputed from these at report time.
+A network is trained once and cached under the study's output folder
+(:class:`~wsdet.experiments.store.Store`), keyed by a hash of its exact configuration:
+``models/<name>-<key>/`` holds the Trainer's ``last.pt`` (resumable training state),
+``best.pt`` (best-validation weights), ``history.csv``, ``config.json`` and, once the run
+ended, ``done.json`` (epochs, stop reason, seconds). A run interrupted mid-training resumes
+from ``last.pt`` bit for bit; a finished one is loaded, never retrained. The detections
+are cached beside them (:mod:`wsdet.experiments.detections`, re-exported here).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -28,46 +22,37 @@ import numpy as np
 import torch
 from torch import nn
 
-from wsdet._io import atomic_write, atomic_write_text
-from wsdet.detection import Detections
-from wsdet.detector import Detector
-from wsdet.models import BaseCNN, GatedAttentionNet, GPUnet, GPUnetNoResidual
+from wsdet.experiments.detections import (
+    detect_all,
+    detect_cached,
+    load_detections,
+    save_detections,
+)
+from wsdet.experiments.store import FolderLock, Store, config_key
+from wsdet.models.zoo import ARCHITECTURES, METHOD_ARCHITECTURE, get_model
 from wsdet.train import TrainConfig, Trainer
 
 __all__ = [
     "ARCHITECTURES",
     "METHOD_ARCHITECTURE",
     "METHOD_LABELS",
+    "STUCK_FRACTION",
     "Store",
     "TrainJob",
+    "build_model",
+    "config_key",
+    "constant_val_loss",
+    "detect_all",
     "detect_cached",
     "load_detections",
     "model_folder",
+    "save_detections",
     "train_all",
     "train_cached",
 ]
 
 log = logging.getLogger("wsdet.experiments")
 
-#: Architecture name -> class (all take ``dim=``).
-ARCHITECTURES: dict[str, type[nn.Module]] = {
-    "gpunet": GPUnet,
-    "gpunet_no_residual": GPUnetNoResidual,
-    "gated_attention": GatedAttentionNet,
-    "basecnn": BaseCNN,
-}
-#: Attention method -> the architecture whose trained network it reads (paper §2.2:
-#: Grad, Guided backpropagation and Grad-CAM share the base network; the intensity
-#: baseline takes its count from it).
-METHOD_ARCHITECTURE: dict[str, str] = {
-    "gp_unet": "gpunet",
-    "gp_unet_no_residual": "gpunet_no_residual",
-    "gated_attention": "gated_attention",
-    "grad": "basecnn",
-    "guided_backprop": "basecnn",
-    "grad_cam": "basecnn",
-    "intensity": "basecnn",
-}
 #: Display names, in the paper's order (Fig. 5: A–F).
 METHOD_LABELS: dict[str, str] = {
     "grad": "Grad",
@@ -80,49 +65,9 @@ METHOD_LABELS: dict[str, str] = {
 }
 
 
-def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _plain(dataclasses.asdict(value))
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in sorted(value.items())}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    return value
-
-
-def config_key(config: Any) -> str:
-    """A short stable hash of a JSON-able configuration."""
-    text = json.dumps(_plain(config), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha1(text.encode()).hexdigest()[:12]
-
-
-class Store:
-    """The cache folder of a study (see the module docstring)."""
-
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-
-    def entry(self, kind: str, name: str, config: Any) -> Path:
-        """``root/kind/name-key`` for ``config`` (the folder is not created)."""
-        return self.root / kind / f"{name}-{config_key(config)}"
-
-    def write_json(self, path: Path, obj: Any) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(json.dumps(_plain(obj), indent=2, sort_keys=True) + "\n", path)
-
-    @staticmethod
-    def read_json(path: Path) -> Any:
-        return json.loads(path.read_text())
-
-
 def build_model(arch: str, dim: int, width: int | None = None) -> nn.Module:
-    """A fresh reference network by architecture name."""
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"arch must be one of {sorted(ARCHITECTURES)}, got {arch!r}")
-    return ARCHITECTURES[arch](dim=dim, width=width)  # type: ignore[call-arg]
+    """A fresh reference network by architecture name: :func:`wsdet.models.get_model`."""
+    return get_model(arch, dim=dim, width=width)
 
 
 def _model_key(spec: dict[str, Any], config: TrainConfig, init_from: Path | None) -> dict[str, Any]:
@@ -143,36 +88,11 @@ def model_folder(
     return store.entry("models", name, _model_key(spec, config, init_from))
 
 
-class _TrainLock:
-    """An exclusive advisory lock on ``folder/train.lock`` (POSIX ``flock``).
-
-    Lets several processes work through the same study at once: each trains the networks
-    nobody else holds. Without ``fcntl`` (Windows) the lock is a no-op (one process).
-    """
+class _TrainLock(FolderLock):
+    """The lock of a network being trained: ``folder/train.lock`` (see :class:`FolderLock`)."""
 
     def __init__(self, folder: Path) -> None:
-        self.path = folder / "train.lock"
-        self._fh: Any = None
-
-    def acquire(self, wait: bool) -> bool:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX
-            return True
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(self.path, "a+")  # held until release()
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            fh.close()
-            return False
-        self._fh = fh
-        return True
-
-    def release(self) -> None:
-        if self._fh is not None:
-            self._fh.close()  # closing the descriptor drops the flock
-            self._fh = None
+        super().__init__(folder / "train.lock")
 
 
 def train_cached(
@@ -401,78 +321,3 @@ def train_all(
             else:
                 out[job.name] = got
     return {job.name: out[job.name] for job in jobs if job.name in out}
-
-
-def detect_all(
-    model: nn.Module,
-    method: str,
-    images: torch.Tensor,
-    *,
-    batch_size: int,
-    size: int = 6,
-    options: dict[str, Any] | None = None,
-) -> list[Detections]:
-    """Every NMS candidate (``n="all"``, negatives clipped) of every image."""
-    det = Detector(model, method=method, **(options or {}))
-    out: list[Detections] = []
-    for i in range(0, images.shape[0], batch_size):
-        out += det.detect(images[i : i + batch_size], n="all", size=size, negatives="clip")
-    return out
-
-
-def save_detections(path: Path, dets: Sequence[Detections], seconds: float) -> None:
-    ndim = dets[0].points.shape[1] if dets else 2
-    points = np.concatenate([d.points for d in dets]) if dets else np.zeros((0, ndim), np.int64)
-    scores = np.concatenate([d.scores for d in dets]) if dets else np.zeros(0, np.float32)
-    offsets = np.cumsum([0] + [len(d) for d in dets]).astype(np.int64)
-    counts = np.array([d.count for d in dets], dtype=np.float64)
-
-    def write(f: Any) -> None:
-        np.savez_compressed(
-            f,
-            points=points,
-            scores=scores,
-            offsets=offsets,
-            counts=counts,
-            seconds=np.array(seconds),
-        )
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, write)
-
-
-def load_detections(path: Path) -> tuple[list[Detections], float]:
-    """Detections saved by :func:`save_detections` and the seconds they took."""
-    with np.load(path, allow_pickle=False) as z:
-        points, scores, offsets, counts = z["points"], z["scores"], z["offsets"], z["counts"]
-        seconds = float(z["seconds"])
-    dets = [
-        Detections(points[a:b], scores[a:b], float(c), n_candidates=int(b - a))
-        for a, b, c in zip(offsets[:-1], offsets[1:], counts, strict=True)
-    ]
-    return dets, seconds
-
-
-def detect_cached(
-    store: Store,
-    name: str,
-    key: dict[str, Any],
-    model: nn.Module,
-    method: str,
-    images: torch.Tensor,
-    *,
-    batch_size: int,
-    size: int = 6,
-    options: dict[str, Any] | None = None,
-) -> tuple[list[Detections], float]:
-    """Detections of ``method`` on ``images``, computed once and cached under ``key``."""
-    path = store.entry(
-        "detections", name, {**key, "method": method, "size": size, "options": options or {}}
-    ).with_suffix(".npz")
-    if path.exists():
-        return load_detections(path)
-    t0 = time.perf_counter()
-    dets = detect_all(model, method, images, batch_size=batch_size, size=size, options=options)
-    seconds = time.perf_counter() - t0
-    save_detections(path, dets, seconds)
-    return dets, seconds

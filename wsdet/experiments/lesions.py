@@ -19,10 +19,7 @@ operating point at the rounded predicted count.
 
 from __future__ import annotations
 
-import dataclasses
-import logging
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -32,27 +29,21 @@ import numpy as np
 import torch
 from torch import nn
 
+from wsdet._checks import PathLike
 from wsdet.data.augment import augment as augment_batch
 from wsdet.data.synthetic import PhantomSet, make_lesion_volumes
 from wsdet.detection import Detections, find_peaks
 from wsdet.detector import Detector
-from wsdet.experiments.common import (
-    METHOD_ARCHITECTURE,
-    METHOD_LABELS,
-    Store,
-    TrainJob,
-    detect_cached,
-    load_detections,
-    model_folder,
-    save_detections,
-    train_all,
-)
-from wsdet.metrics import detect_on_slice, evaluate, fauc, match_images, paired_bootstrap
-from wsdet.train import TrainConfig
+from wsdet.experiments.common import METHOD_ARCHITECTURE, Store, TrainJob, model_folder
+from wsdet.experiments.detections import cached_detections, detect_all, detections_path
+from wsdet.experiments.figures import lesion_example, lesions_figures
+from wsdet.experiments.keys import RunKey
+from wsdet.experiments.report import lesions_markdown
+from wsdet.experiments.runner import Maps, Plan, Run, TestSet, Trained, run_study
+from wsdet.metrics import detect_on_slice
+from wsdet.train import InitScheme, OptimizerName, TrainConfig
 
-__all__ = ["SETTINGS", "LesionStudyConfig", "run_lesions"]
-
-log = logging.getLogger("wsdet.experiments")
+__all__ = ["SETTINGS", "LesionStudy", "LesionStudyConfig", "run_lesions"]
 
 #: Phantom settings: keyword arguments of :func:`make_lesion_volumes` per setting.
 SETTINGS: dict[str, dict[str, Any]] = {
@@ -99,9 +90,9 @@ class LesionStudyConfig:
     n_test: int = 100
     width: int = 16
     seed: int = 0
-    optimizer: str = "adam"
+    optimizer: OptimizerName = "adam"
     lr: float = 1e-3
-    init: str = "kaiming_conv"
+    init: InitScheme = "kaiming_conv"
     batch_size: int = 4
     max_epochs: int = 30
     patience: int | None = 10
@@ -139,14 +130,17 @@ class LesionStudyConfig:
 
     def shape_of(self, setting: str) -> tuple[int, int, int]:
         """The volume shape of ``setting``: ``setting_shapes`` or else ``shape``."""
-        return tuple(self.setting_shapes.get(setting, self.shape))  # type: ignore[return-value]
+        d, h, w = self.setting_shapes.get(setting, self.shape)  # a list, when read from JSON
+        return (d, h, w)
 
     def train_config(self, *, finetune: bool = False) -> TrainConfig:
+        """The training configuration of the networks (``finetune``: of the later
+        settings' networks, fine-tuned from the first setting's)."""
         return TrainConfig(
             objective="regression",
-            optimizer=self.optimizer,  # type: ignore[arg-type]
+            optimizer=self.optimizer,
             lr=self.lr,
-            init=None if finetune else self.init,  # type: ignore[arg-type]
+            init=None if finetune else self.init,
             batch_size=self.batch_size,
             max_epochs=self.finetune_epochs if finetune else self.max_epochs,
             patience=self.patience,
@@ -169,64 +163,39 @@ def _data(cfg: LesionStudyConfig, setting: str) -> tuple[PhantomSet, PhantomSet,
     return make(cfg.n_train, base), make(cfg.n_val, base + 1), make(cfg.n_test, base + 2)
 
 
+def _on_slice(
+    volume: np.ndarray, test: PhantomSet, k: int, cfg: LesionStudyConfig, count: float
+) -> Detections:
+    """The candidates of ``volume`` (volume ``k`` of ``test``) on its annotated slice."""
+    assert test.annotated_slice is not None
+    s = detect_on_slice(
+        volume,
+        test.points[k],
+        partial(find_peaks, size=cfg.nms_size),
+        axis=test.slice_axis if test.slice_axis is not None else 0,
+        slice_index=int(test.annotated_slice[k]),
+        count=count,
+    )
+    return Detections(np.asarray(s.points, np.int64), np.asarray(s.scores), count, len(s.points))
+
+
 def _slice_detections(
     model: nn.Module, method: str, test: PhantomSet, cfg: LesionStudyConfig, options: Any
 ) -> list[Detections]:
+    """Every method's candidates on each volume's annotated slice (the attention map's
+    slice taken before NMS)."""
     det = Detector(model, method=method, **options)
     out: list[Detections] = []
-    assert test.annotated_slice is not None
     for i in range(0, len(test), cfg.eval_batch):
-        x = test.images[i : i + cfg.eval_batch]
-        maps_t, counts = det.attention_and_count(x)
+        maps_t, counts = det.attention_and_count(test.images[i : i + cfg.eval_batch])
         maps = maps_t.clamp_min(0).float().cpu().numpy()
-        for j in range(maps.shape[0]):
-            k = i + j
-            s = detect_on_slice(
-                maps[j],
-                test.points[k],
-                partial(find_peaks, size=cfg.nms_size),
-                axis=test.slice_axis if test.slice_axis is not None else 0,
-                slice_index=int(test.annotated_slice[k]),
-                count=float(counts[j]),
-            )
-            out.append(
-                Detections(
-                    np.asarray(s.points, np.int64),
-                    np.asarray(s.scores),
-                    float(counts[j]),
-                    len(s.points),
-                )
-            )
+        out += [_on_slice(maps[j], test, i + j, cfg, float(counts[j])) for j in range(len(maps))]
     return out
 
 
 def _slice_targets(test: PhantomSet) -> list[np.ndarray]:
     axis = test.slice_axis if test.slice_axis is not None else 0
     return [np.delete(np.asarray(p, float).reshape(-1, 3), axis, axis=1) for p in test.points]
-
-
-def _score(
-    dets: list[Detections],
-    targets: list[np.ndarray],
-    cfg: LesionStudyConfig,
-    seconds: float,
-    slice_mode: bool,
-) -> tuple[Any, dict[str, Any]]:
-    """The evaluation report of one method on one setting, and its JSON record."""
-    report = evaluate(
-        dets,
-        targets,
-        radius=cfg.radius,
-        max_fp=cfg.max_fp,
-        n_bootstrap=cfg.n_bootstrap,
-        seed=cfg.seed,
-    )
-    record = {
-        **report.to_dict(),
-        "detect_seconds": seconds,
-        "evaluated_ndim": 2 if slice_mode else 3,
-    }
-    return report, record
 
 
 def _chance_detections(
@@ -242,25 +211,167 @@ def _chance_detections(
         g = torch.Generator().manual_seed(1_000_003 * (cfg.seed + 1) + i)
         noise = torch.rand(test.images.shape[2:], generator=g) * test.mask[i].float()
         if slice_mode:
-            assert test.annotated_slice is not None
-            s = detect_on_slice(
-                noise.numpy(),
-                test.points[i],
-                partial(find_peaks, size=cfg.nms_size),
-                axis=test.slice_axis if test.slice_axis is not None else 0,
-                slice_index=int(test.annotated_slice[i]),
-                count=count,
-            )
-            pts, scores = np.asarray(s.points, np.int64), np.asarray(s.scores)
+            out.append(_on_slice(noise.numpy(), test, i, cfg, count))
         else:
             pts, scores = find_peaks(noise, size=cfg.nms_size)
-        out.append(Detections(pts, scores, count, len(pts)))
+            out.append(Detections(pts, scores, count, len(pts)))
     return out
+
+
+class LesionStudy:
+    """The 3D lesion study as a :class:`~wsdet.experiments.runner.Study`.
+
+    Networks: every architecture of ``config.methods`` per setting (``"midbrain-gpunet"``),
+    those of the later settings fine-tuned from the first setting's. Runs: every method per
+    setting, and the chance reference; evaluations and comparisons are grouped by setting.
+    """
+
+    def __init__(self, config: LesionStudyConfig) -> None:
+        for setting in config.settings:
+            if setting not in SETTINGS:
+                raise ValueError(f"settings: unknown setting {setting!r}; known: {list(SETTINGS)}")
+        self._config = config
+        self.data: dict[str, tuple[PhantomSet, PhantomSet, PhantomSet]] = {}
+        self.data_keys: dict[str, dict[str, Any]] = {}
+
+    @property
+    def config(self) -> LesionStudyConfig:
+        return self._config
+
+    def _slice_mode(self, setting: str) -> bool:
+        return bool(SETTINGS[setting]["annotation"] == "slice")
+
+    def plan(self, store: Store) -> Plan:
+        """Make the phantoms and list the study's networks, runs and comparisons.
+
+        All networks come first (one list, so that two processes can share it and a
+        fine-tuned network starts as soon as its source has finished), then the runs.
+        """
+        cfg = self.config
+        tests: dict[str, TestSet] = {}
+        for setting in cfg.settings:
+            self.data[setting] = _data(cfg, setting)
+            self.data_keys[setting] = {
+                "study": "lesions3d",
+                "setting": setting,
+                "shape": list(cfg.shape_of(setting)),
+                "mean_count": cfg.mean_count,
+                "n_train": cfg.n_train,
+                "n_val": cfg.n_val,
+                "seed": cfg.seed,
+                **SETTINGS[setting],
+            }
+            test = self.data[setting][2]
+            targets = (
+                _slice_targets(test)
+                if self._slice_mode(setting)
+                else [np.asarray(p) for p in test.points]
+            )
+            tests[setting] = TestSet(test.images, targets, {"radius": cfg.radius}, test)
+        methods = [m for m in cfg.methods if m != "gp_unet"]
+        return Plan(
+            jobs=self._jobs(store),
+            runs=[run for setting in cfg.settings for run in self._runs(setting)],
+            tests=tests,
+            comparisons=[
+                (f"{s}: gp_unet vs {m}", RunKey("gp_unet", variant=s), RunKey(m, variant=s))
+                for s in cfg.settings
+                for m in methods
+            ],
+            figure_maps=[
+                (RunKey(m, variant=s), lesion_example(tests[s].data)[0])
+                for s in cfg.settings
+                for m in cfg.methods
+            ],
+        )
+
+    def _jobs(self, store: Store) -> list[TrainJob]:
+        cfg = self.config
+        jobs: list[TrainJob] = []
+        sources: dict[str, Path] = {}  # arch -> best.pt of the first setting's network
+        for setting in cfg.settings:
+            train, val, _ = self.data[setting]
+            first = setting == cfg.settings[0]
+            for arch in sorted({METHOD_ARCHITECTURE[m] for m in cfg.methods}):
+                spec = {"arch": arch, "dim": 3, "width": cfg.width, **self.data_keys[setting]}
+                source = sources.get(arch) if cfg.finetune and not first else None
+                job = TrainJob(
+                    f"{setting}-{arch}",
+                    spec,
+                    cfg.train_config(finetune=source is not None),
+                    (train.images, train.counts),
+                    (val.images, val.counts),
+                    augment_batch if cfg.augment else None,
+                    source,
+                )
+                jobs.append(job)
+                if first:
+                    folder = model_folder(store, job.name, job.spec, job.config)
+                    sources[arch] = folder / "best.pt"
+        return jobs
+
+    def _runs(self, setting: str) -> list[Run]:
+        """Every method on ``setting``'s networks, then the chance reference."""
+        cfg = self.config
+        runs = []
+        for m in cfg.methods:
+            fuse = m == "gp_unet_no_residual" and cfg.fuse_intensity
+            network = f"{setting}-{METHOD_ARCHITECTURE[m]}"
+            options = {"fuse_intensity": True} if fuse else {}
+            key = RunKey(m, variant=setting)
+            runs.append(Run(key, m, f"{setting}-{m}", network, setting, options))
+        if cfg.chance:
+            runs.append(
+                Run(RunKey("chance", variant=setting), "chance", f"{setting}-chance", None, setting)
+            )
+        return runs
+
+    def detections(
+        self, store: Store, run: Run, net: Trained | None
+    ) -> tuple[list[Detections], float]:
+        """The cached detections of one method on one setting's test volumes (on the
+        annotated slices in a slice setting); the chance reference's, not cached."""
+        cfg = self.config
+        setting, method = run.group, run.key.method
+        train, _, test = self.data[setting]
+        slice_mode = self._slice_mode(setting)
+        if net is None:  # chance; constant count: the training mean (a count-free guess)
+            mean_count = float(train.counts.float().mean())
+            return _chance_detections(test, cfg, mean_count, slice_mode), 0.0
+        model, info = net
+        key = {"n_test": cfg.n_test, "slice": slice_mode, **self.data_keys[setting]}
+        key["network_dir"] = info["folder"]
+        path = detections_path(store, run.name, key, method, cfg.nms_size, run.options)
+        compute: Callable[[], list[Detections]]
+        if slice_mode:
+            compute = partial(_slice_detections, model, method, test, cfg, run.options)
+        else:
+            compute = partial(
+                detect_all,
+                model,
+                method,
+                test.images,
+                batch_size=cfg.eval_batch,
+                size=cfg.nms_size,
+                options=run.options,
+            )
+        return cached_detections(path, compute)
+
+    def record(self, run: Run, dets: list[Detections]) -> dict[str, Any]:
+        """The dimension the run was evaluated in (2: on the annotated slices)."""
+        return {"evaluated_ndim": 2 if self._slice_mode(run.group) else 3}
+
+    def markdown(self, results: dict[str, Any]) -> str:
+        return lesions_markdown(results)
+
+    def figures(self, curves: dict[RunKey, Any], maps: Maps, out: Path) -> None:
+        tests = {s: self.data[s][2] for s in self.config.settings}
+        lesions_figures(curves, maps, tests, out, self.config)
 
 
 def run_lesions(
     config: LesionStudyConfig,
-    out: str | Path,
+    out: PathLike,
     *,
     interim: bool = False,
     train_only: Sequence[str] | None = None,
@@ -275,145 +386,5 @@ def run_lesions(
     return before any evaluation, writing nothing but their cache entries. ``device``:
     where to train (e.g. ``"cuda"``); networks are evaluated on the CPU.
     """
-    cfg = config
-    store = Store(out)
-    t_start = time.perf_counter()
-    results: dict[str, Any] = {"config": dataclasses.asdict(cfg), "networks": {}}
-    evals: dict[str, dict[str, Any]] = {}
-    comparisons: dict[str, Any] = {}
-    curves: dict[str, dict[str, Any]] = {}
-    examples: dict[str, Any] = {}
-    archs = sorted({METHOD_ARCHITECTURE[m] for m in cfg.methods})
-    fn = partial(fauc, max_fp=cfg.max_fp)
-    # All networks first (one list, so that two processes can share it and a fine-tuned
-    # network starts as soon as its source has finished), then the evaluation per setting.
-    data: dict[str, tuple[PhantomSet, PhantomSet, PhantomSet]] = {}
-    data_keys: dict[str, dict[str, Any]] = {}
-    jobs: list[TrainJob] = []
-    sources: dict[str, Path] = {}  # arch -> best.pt of the first setting's network
-    for setting in cfg.settings:
-        if setting not in SETTINGS:
-            raise ValueError(f"settings: unknown setting {setting!r}; known: {list(SETTINGS)}")
-        train, val, test = data[setting] = _data(cfg, setting)
-        data_keys[setting] = {
-            "study": "lesions3d",
-            "setting": setting,
-            "shape": list(cfg.shape_of(setting)),
-            "mean_count": cfg.mean_count,
-            "n_train": cfg.n_train,
-            "n_val": cfg.n_val,
-            "seed": cfg.seed,
-            **SETTINGS[setting],
-        }
-        first = setting == cfg.settings[0]
-        for arch in archs:
-            spec = {"arch": arch, "dim": 3, "width": cfg.width, **data_keys[setting]}
-            source = sources.get(arch) if cfg.finetune and not first else None
-            job = TrainJob(
-                f"{setting}-{arch}",
-                spec,
-                cfg.train_config(finetune=source is not None),
-                (train.images, train.counts),
-                (val.images, val.counts),
-                augment_batch if cfg.augment else None,
-                source,
-            )
-            jobs.append(job)
-            if first:
-                folder = model_folder(store, job.name, job.spec, job.config)
-                sources[arch] = folder / "best.pt"
-    trained = train_all(store, jobs, train=not interim, only=train_only, device=device)
-    results["missing"] = [job.name for job in jobs if job.name not in trained]
-    if train_only is not None:
-        return {"networks": {k: v[1] for k, v in trained.items()}, "missing": results["missing"]}
-    for setting in cfg.settings:
-        train, val, test = data[setting]
-        data_key = data_keys[setting]
-        slice_mode = SETTINGS[setting]["annotation"] == "slice"
-        nets: dict[str, nn.Module] = {}
-        folders: dict[str, str] = {}
-        for arch in archs:
-            if f"{setting}-{arch}" not in trained:  # interim report
-                continue
-            model, info = trained[f"{setting}-{arch}"]
-            nets[arch] = model
-            folders[arch] = info["folder"]
-            results["networks"][f"{setting}-{arch}"] = info
-        targets = _slice_targets(test) if slice_mode else [np.asarray(p) for p in test.points]
-        evals[setting], curves[setting] = {}, {}
-        matches = {}
-        for method in cfg.methods:
-            arch = METHOD_ARCHITECTURE[method]
-            if arch not in nets:
-                continue
-            model = nets[arch]
-            options = (
-                {"fuse_intensity": True}
-                if (method == "gp_unet_no_residual" and cfg.fuse_intensity)
-                else {}
-            )
-            key: dict[str, Any] = {"n_test": cfg.n_test, "slice": slice_mode, **data_key}
-            key["network_dir"] = folders[arch]
-            label = f"{setting}-{method}"
-            if slice_mode:
-                path = store.entry(
-                    "detections",
-                    label,
-                    {**key, "method": method, "options": options, "size": cfg.nms_size},
-                ).with_suffix(".npz")
-                if path.exists():
-                    dets, seconds = load_detections(path)
-                else:
-                    t0 = time.perf_counter()
-                    dets = _slice_detections(model, method, test, cfg, options)
-                    seconds = time.perf_counter() - t0
-                    save_detections(path, dets, seconds)
-            else:
-                dets, seconds = detect_cached(
-                    store,
-                    label,
-                    key,
-                    model,
-                    method,
-                    test.images,
-                    batch_size=cfg.eval_batch,
-                    size=cfg.nms_size,
-                    options=options,
-                )
-            report, evals[setting][method] = _score(dets, targets, cfg, seconds, slice_mode)
-            curves[setting][METHOD_LABELS[method]] = report.curve
-            matches[method] = match_images(
-                [d.points for d in dets], [d.scores for d in dets], targets, radius=cfg.radius
-            )
-            log.info("%s: FAUC %.3f", label, report.fauc.estimate)
-        if cfg.chance:
-            # constant count: the training mean (the operating point of a count-free guess)
-            mean_count = float(train.counts.float().mean())
-            dets = _chance_detections(test, cfg, mean_count, slice_mode)
-            report, evals[setting]["chance"] = _score(dets, targets, cfg, 0.0, slice_mode)
-            curves[setting]["Chance (random map)"] = report.curve
-            log.info("%s-chance: FAUC %.3f", setting, report.fauc.estimate)
-        for m in matches:
-            if m != "gp_unet" and "gp_unet" in matches:
-                r = paired_bootstrap(
-                    fn,
-                    matches["gp_unet"],
-                    matches[m],
-                    B=cfg.n_bootstrap,
-                    seed=cfg.seed,
-                    ci=0.95,
-                    max_fp=cfg.max_fp,
-                )
-                comparisons[f"{setting}: gp_unet vs {m}"] = {
-                    k: v for k, v in dataclasses.asdict(r).items() if k != "replicates"
-                }
-        examples[setting] = (test, nets)
-    results["evaluations"] = evals
-    results["comparisons"] = comparisons
-    results["seconds_this_call"] = time.perf_counter() - t_start
-    store.write_json(Path(out) / "results.json", results)
-    from wsdet.experiments.report import lesions_figures, lesions_markdown
-
-    (Path(out) / "report.md").write_text(lesions_markdown(results))
-    lesions_figures(curves, examples, Path(out), cfg)
-    return results
+    study = LesionStudy(config)
+    return run_study(study, out, interim=interim, train_only=train_only, device=device)

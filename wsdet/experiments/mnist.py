@@ -11,32 +11,25 @@ rounded predicted count.
 
 from __future__ import annotations
 
-import dataclasses
-import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
+from wsdet._checks import PathLike
 from wsdet.data.augment import augment as augment_batch
 from wsdet.data.mnist import GridSampler, mnist_grid_splits
-from wsdet.experiments.common import (
-    METHOD_ARCHITECTURE,
-    Store,
-    TrainJob,
-    detect_cached,
-    train_all,
-)
-from wsdet.metrics import evaluate, fauc, match_images, paired_bootstrap
-from wsdet.train import TrainConfig
+from wsdet.detection import Detections
+from wsdet.experiments.common import METHOD_ARCHITECTURE, Store, TrainJob, detect_cached
+from wsdet.experiments.figures import FIG4_OBJECTIVES, mnist_examples, mnist_figures
+from wsdet.experiments.keys import RunKey
+from wsdet.experiments.report import mnist_markdown
+from wsdet.experiments.runner import Maps, Plan, Run, TestSet, Trained, run_study
+from wsdet.train import InitScheme, Objective, OptimizerName, Precision, TrainConfig
 
-__all__ = ["MNISTStudyConfig", "run_mnist"]
-
-log = logging.getLogger("wsdet.experiments")
+__all__ = ["MNISTStudy", "MNISTStudyConfig", "run_mnist"]
 
 PAPER_METHODS = (
     "grad",
@@ -66,12 +59,12 @@ class MNISTStudyConfig:
     n_train: int = 400
     n_val: int = 100
     n_test: int = 500
-    data: str = "fresh"
+    data: Literal["fresh", "fixed"] = "fresh"
     methods: tuple[str, ...] = PAPER_METHODS
-    objectives: tuple[str, ...] = ("regression", "classification")
-    optimizer: str = "adam"
+    objectives: tuple[Objective, ...] = ("regression", "classification")
+    optimizer: OptimizerName = "adam"
     lr: float = 3e-3
-    init: str = "kaiming_conv"
+    init: InitScheme = "kaiming_conv"
     batch_size: int = 64
     max_epochs: int = 300
     patience: int | None = 100
@@ -83,7 +76,7 @@ class MNISTStudyConfig:
     max_fp: float = 2.0
     n_bootstrap: int = 1000
     eval_batch: int = 50
-    precision: str = "fp32"
+    precision: Precision = "fp32"
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -104,30 +97,178 @@ class MNISTStudyConfig:
         base.update(overrides)
         return cls(**base)
 
-    def train_config(self, objective: str, *, epochs: int | None = None) -> TrainConfig:
+    def train_config(
+        self, objective: Objective, *, epochs: int | None = None, seed: int | None = None
+    ) -> TrainConfig:
+        """The training configuration of the networks trained with ``objective``
+        (``seed``: a replicate's; default: the study's)."""
         return TrainConfig(
-            objective=objective,  # type: ignore[arg-type]
-            optimizer=self.optimizer,  # type: ignore[arg-type]
+            objective=objective,
+            optimizer=self.optimizer,
             lr=self.lr,
-            init=self.init,  # type: ignore[arg-type]
+            init=self.init,
             batch_size=self.batch_size,
             max_epochs=self.max_epochs if epochs is None else epochs,
             patience=self.patience,
             time_budget=None if self.time_budget_min is None else self.time_budget_min * 60.0,
-            seed=self.seed,
-            precision=self.precision,  # type: ignore[arg-type]
+            seed=self.seed if seed is None else seed,
+            precision=self.precision,
             progress="log",
             log_every=10,
         )
 
 
-def _fauc_fn(max_fp: float) -> Any:
-    return partial(fauc, max_fp=max_fp)
+class MNISTStudy:
+    """The MNIST study as a :class:`~wsdet.experiments.runner.Study`.
+
+    Networks: every architecture of ``config.methods`` per objective (named like
+    ``"gpunet-regression"``), the paper-faithful GP-Unet (``"gpunet-regression-paper400"``)
+    and the replicates (``"gpunet-regression-seed100"``). Runs: every method per objective,
+    the paper-faithful GP-Unet, and every method on the replicates (FAUC per seed only).
+    """
+
+    def __init__(self, config: MNISTStudyConfig) -> None:
+        if config.data not in ("fresh", "fixed"):
+            raise ValueError(f"data must be 'fresh' or 'fixed', got {config.data!r}")
+        self._config = config
+        self.data_key: dict[str, Any] = {}
+
+    @property
+    def config(self) -> MNISTStudyConfig:
+        return self._config
+
+    def plan(self, store: Store) -> Plan:
+        """Load the grids and list the study's networks, runs and comparisons."""
+        cfg = self.config
+        splits = mnist_grid_splits(
+            cfg.root,
+            target=cfg.digit,
+            n_train=cfg.n_train,
+            n_val=cfg.n_val,
+            n_test=cfg.n_test,
+            seed=cfg.seed,
+        )
+        self.test = test = splits.test
+        self.data_key = {
+            "study": "mnist",
+            "digit": cfg.digit,
+            "seed": cfg.seed,
+            "n_train": cfg.n_train,
+            "n_val": cfg.n_val,
+            "n_test": cfg.n_test,
+            "root_files": "mnist-test-10k",
+        }
+        pos, neg = mnist_examples(test.counts.numpy())
+        shown = [(RunKey(m, "regression"), pos) for m in cfg.methods]
+        if "gp_unet" in cfg.methods:
+            shown += [(RunKey("gp_unet", o), i) for i in (neg, pos) for o in FIG4_OBJECTIVES]
+        return Plan(
+            jobs=self._jobs(splits),
+            runs=self._runs(),
+            tests={"": TestSet(test.images, test.boxes, {"match": "boxes"}, test)},
+            comparisons=self._comparisons(),
+            figure_maps=shown,
+            seed_table=True,
+        )
+
+    def _jobs(self, splits: Any) -> list[TrainJob]:
+        """Main networks, the paper-faithful GP-Unet, then the replicates (same data)."""
+        cfg = self.config
+        val = (splits.val.images, splits.val.counts)
+        if cfg.data == "fresh":
+            pool = splits.train_pool
+            train: Any = GridSampler(
+                pool.images, pool.labels, cfg.digit, cfg.n_train, seed=cfg.seed + 1000
+            )
+        else:
+            train = (splits.train.images, splits.train.counts)
+        fixed = (splits.train.images, splits.train.counts)
+        archs = _architectures(cfg.methods)
+        spec = {a: {"arch": a, "dim": 2, "data": cfg.data, **self.data_key} for a in archs}
+        paper = {"arch": "gpunet", "dim": 2, "data": "fixed+augment", **self.data_key}
+
+        # a network's name is the label of its key with the architecture for the method
+        def job(key: RunKey, spec: dict[str, Any], data: Any, augment: Any = None) -> TrainJob:
+            tcfg = cfg.train_config(key.objective, seed=key.seed)
+            restarts = cfg.max_restarts
+            return TrainJob(key.label, spec, tcfg, data, val, augment, max_restarts=restarts)
+
+        jobs = [job(RunKey(a, o), spec[a], train) for o in cfg.objectives for a in archs]
+        if cfg.faithful_gpunet:
+            paper400 = [RunKey("gpunet", o, "paper400") for o in cfg.objectives]
+            jobs += [job(k, paper, fixed, augment_batch) for k in paper400]
+        # The same networks trained again from other seeds (initialisation and batch order;
+        # same data): how much of a difference between methods the training seed alone makes.
+        for rseed in cfg.replicate_seeds:
+            jobs += [
+                job(RunKey(a, o, seed=rseed), spec[a], train) for o in cfg.objectives for a in archs
+            ]
+        return jobs
+
+    def _runs(self) -> list[Run]:
+        cfg = self.config
+        keys = [RunKey(m, o) for m in cfg.methods for o in cfg.objectives]
+        keys += [RunKey("gp_unet", o, "paper400") for o in cfg.objectives]
+        keys += [
+            RunKey(m, o, seed=s) for s in cfg.replicate_seeds for o in cfg.objectives
+            for m in cfg.methods
+        ]  # fmt: skip
+        return [Run(k, k.label, k.label, k.network(METHOD_ARCHITECTURE[k.method])) for k in keys]
+
+    def _comparisons(self) -> list[tuple[str, RunKey, RunKey]]:
+        methods = self.config.methods
+        reg: Objective = "regression"
+        cls: Objective = "classification"
+        p400 = "paper400"
+        pairs = [(RunKey(m, reg), RunKey(m, cls)) for m in methods]
+        pairs += [(RunKey("gp_unet", reg), RunKey(m, reg)) for m in methods if m != "gp_unet"]
+        pairs += [(RunKey("gp_unet", reg, p400), RunKey("gp_unet", reg))]
+        pairs += [(RunKey("gp_unet", reg, p400), RunKey("gp_unet", cls, p400))]
+        return [(f"{a.label} vs {b.label}", a, b) for a, b in pairs]
+
+    def detections(
+        self, store: Store, run: Run, net: Trained | None
+    ) -> tuple[list[Detections], float]:
+        """The cached detections of one method on one network's test maps."""
+        assert net is not None  # every MNIST run reads a network
+        model, info = net
+        dets, seconds = detect_cached(
+            store,
+            run.name,
+            {"network": info["folder"], **self.data_key},
+            model,
+            run.key.method,
+            self.test.images,
+            batch_size=self.config.eval_batch,
+            size=self.config.nms_size,
+        )
+        if run.key.objective == "classification":  # a logit, not a count: no operating point
+            for d in dets:
+                d.count = float("nan")
+        return dets, seconds
+
+    def record(self, run: Run, dets: list[Detections]) -> dict[str, Any]:
+        """Regression: the count's mean absolute error."""
+        if run.key.objective != "regression":
+            return {}
+        counts = np.array([d.count for d in dets])
+        return {"count_mae": float(np.abs(counts - self.test.counts.numpy()).mean())}
+
+    def markdown(self, results: dict[str, Any]) -> str:
+        return mnist_markdown(results)
+
+    def figures(self, curves: dict[RunKey, Any], maps: Maps, out: Path) -> None:
+        mnist_figures(curves, maps, self.test, out, self.config)
+
+
+def _architectures(methods: Sequence[str]) -> list[str]:
+    """The architectures the methods read, sorted."""
+    return sorted({METHOD_ARCHITECTURE[m] for m in methods})
 
 
 def run_mnist(
     config: MNISTStudyConfig,
-    out: str | Path,
+    out: PathLike,
     *,
     interim: bool = False,
     train_only: Sequence[str] | None = None,
@@ -144,178 +285,5 @@ def run_mnist(
     but their cache entries (to train part of a study on another machine). ``device``:
     where to train (e.g. ``"cuda"``); networks are evaluated on the CPU.
     """
-    cfg = config
-    store = Store(out)
-    t_start = time.perf_counter()
-    splits = mnist_grid_splits(
-        cfg.root,
-        target=cfg.digit,
-        n_train=cfg.n_train,
-        n_val=cfg.n_val,
-        n_test=cfg.n_test,
-        seed=cfg.seed,
-    )
-    test = splits.test
-    val = (splits.val.images, splits.val.counts)
-    if cfg.data == "fresh":
-        pool = splits.train_pool
-        sampler = GridSampler(
-            pool.images, pool.labels, cfg.digit, cfg.n_train, seed=cfg.seed + 1000
-        )
-        train: Any = sampler
-    elif cfg.data == "fixed":
-        train = (splits.train.images, splits.train.counts)
-    else:
-        raise ValueError(f"data must be 'fresh' or 'fixed', got {cfg.data!r}")
-
-    data_key = {
-        "study": "mnist",
-        "digit": cfg.digit,
-        "seed": cfg.seed,
-        "n_train": cfg.n_train,
-        "n_val": cfg.n_val,
-        "n_test": cfg.n_test,
-        "root_files": "mnist-test-10k",
-    }
-    archs = sorted({METHOD_ARCHITECTURE[m] for m in cfg.methods})
-    specs = {arch: {"arch": arch, "dim": 2, "data": cfg.data, **data_key} for arch in archs}
-    jobs: list[TrainJob] = []
-    index: dict[str, tuple[str, str]] = {}
-    for objective in cfg.objectives:
-        for arch in archs:
-            name = f"{arch}-{objective}"
-            tcfg = cfg.train_config(objective)
-            jobs.append(
-                TrainJob(name, specs[arch], tcfg, train, val, max_restarts=cfg.max_restarts)
-            )
-            index[name] = (arch, objective)
-    if cfg.faithful_gpunet:
-        spec = {"arch": "gpunet", "dim": 2, "data": "fixed+augment", **data_key}
-        fixed = (splits.train.images, splits.train.counts)
-        for objective in cfg.objectives:
-            name = f"gpunet-{objective}-paper400"
-            tcfg = cfg.train_config(objective)
-            restarts = cfg.max_restarts
-            jobs.append(TrainJob(name, spec, tcfg, fixed, val, augment_batch, None, restarts))
-            index[name] = ("gpunet_paper400", objective)
-    # The same networks trained again from other seeds (initialisation and batch order;
-    # same data): how much of a difference between methods the training seed alone makes.
-    replicas: dict[str, tuple[str, str, int]] = {}
-    for rseed in cfg.replicate_seeds:
-        for objective in cfg.objectives:
-            for arch in archs:
-                name = f"{arch}-{objective}-seed{rseed}"
-                tcfg = dataclasses.replace(cfg.train_config(objective), seed=rseed)
-                restarts = cfg.max_restarts
-                jobs.append(TrainJob(name, specs[arch], tcfg, train, val, max_restarts=restarts))
-                replicas[name] = (arch, objective, rseed)
-    networks: dict[tuple[str, str], Any] = {}
-    folders: dict[tuple[str, str], str] = {}  # ties detections to their network
-    replica_nets: dict[tuple[str, str, int], tuple[Any, str]] = {}
-    trained: dict[str, Any] = {}
-    got = train_all(store, jobs, train=not interim, only=train_only, device=device)
-    for name, (model, info) in got.items():
-        trained[name] = info
-        if name in replicas:
-            replica_nets[replicas[name]] = (model, info["folder"])
-            continue
-        networks[index[name]] = model
-        folders[index[name]] = info["folder"]
-    if train_only is not None:
-        return {"networks": trained, "missing": [j.name for j in jobs if j.name not in got]}
-
-    boxes = test.boxes
-    results: dict[str, Any] = {
-        "config": dataclasses.asdict(cfg),
-        "networks": trained,
-        "missing": [job.name for job in jobs if job.name not in trained],
-    }
-    evals: dict[str, Any] = {}
-    curves: dict[str, Any] = {}
-    matches: dict[str, Any] = {}
-
-    def detect(label: str, folder: str, model: Any, method: str, objective: str) -> Any:
-        """The cached detections of one method on one network's test maps."""
-        dets, seconds = detect_cached(
-            store,
-            label,
-            {"network": folder, **data_key},
-            model,
-            method,
-            test.images,
-            batch_size=cfg.eval_batch,
-            size=cfg.nms_size,
-        )
-        if objective == "classification":  # a logit, not a count: no operating point
-            for d in dets:
-                d.count = float("nan")
-        return dets, seconds
-
-    runs = [(m, o, METHOD_ARCHITECTURE[m]) for m in cfg.methods for o in cfg.objectives]
-    runs += [("gp_unet", o, "gpunet_paper400") for o in cfg.objectives]
-    runs = [r for r in runs if (r[2], r[1]) in networks]  # all of them unless interim
-    for method, objective, arch in runs:
-        label = f"{method}-{objective}" + ("-paper400" if arch == "gpunet_paper400" else "")
-        net = (arch, objective)
-        dets, seconds = detect(label, folders[net], networks[net], method, objective)
-        report = evaluate(
-            dets,
-            boxes,
-            match="boxes",
-            max_fp=cfg.max_fp,
-            n_bootstrap=cfg.n_bootstrap,
-            seed=cfg.seed,
-        )
-        evals[label] = {**report.to_dict(), "detect_seconds": seconds}
-        curves[label] = report.curve
-        matches[label] = match_images(
-            [d.points for d in dets], [d.scores for d in dets], boxes, match="boxes"
-        )
-        counts = np.array([d.count for d in dets])
-        if objective == "regression":
-            evals[label]["count_mae"] = float(np.abs(counts - test.counts.numpy()).mean())
-        log.info("%s: FAUC %.3f", label, report.fauc.estimate)
-    results["evaluations"] = evals
-
-    # FAUC per training seed: the main networks (seed cfg.seed) and the replicates
-    seeds_fauc: dict[str, dict[str, float]] = {}
-    for label in evals:
-        if not label.endswith("-paper400"):
-            seeds_fauc.setdefault(label, {})[str(cfg.seed)] = evals[label]["fauc"]["estimate"]
-    for (arch, objective, rseed), (model, folder) in replica_nets.items():
-        for method in [m for m in cfg.methods if METHOD_ARCHITECTURE[m] == arch]:
-            label = f"{method}-{objective}"
-            dets, _ = detect(f"{label}-seed{rseed}", folder, model, method, objective)
-            rep = evaluate(dets, boxes, match="boxes", max_fp=cfg.max_fp, n_bootstrap=0)
-            seeds_fauc.setdefault(label, {})[str(rseed)] = rep.fauc.estimate
-            log.info("%s, seed %d: FAUC %.3f", label, rseed, rep.fauc.estimate)
-    results["fauc_by_seed"] = seeds_fauc
-
-    comparisons: dict[str, Any] = {}
-    fn = _fauc_fn(cfg.max_fp)
-    pairs = [(f"{m}-regression", f"{m}-classification") for m in cfg.methods]
-    pairs += [("gp_unet-regression", f"{m}-regression") for m in cfg.methods if m != "gp_unet"]
-    pairs += [("gp_unet-regression-paper400", "gp_unet-regression")]
-    pairs += [("gp_unet-regression-paper400", "gp_unet-classification-paper400")]
-    for a, b in pairs:
-        if a in matches and b in matches:
-            r = paired_bootstrap(
-                fn,
-                matches[a],
-                matches[b],
-                B=cfg.n_bootstrap,
-                seed=cfg.seed,
-                ci=0.95,
-                max_fp=cfg.max_fp,
-            )
-            comparisons[f"{a} vs {b}"] = {
-                k: v for k, v in dataclasses.asdict(r).items() if k != "replicates"
-            }
-    results["comparisons"] = comparisons
-    results["seconds_this_call"] = time.perf_counter() - t_start
-    store.write_json(Path(out) / "results.json", results)
-    from wsdet.experiments.report import mnist_figures, mnist_markdown
-
-    (Path(out) / "report.md").write_text(mnist_markdown(results))
-    mnist_figures(results, curves, networks, test, Path(out), cfg)
-    return results
+    study = MNISTStudy(config)
+    return run_study(study, out, interim=interim, train_only=train_only, device=device)

@@ -1,21 +1,23 @@
-"""Markdown tables and figures of the reproduction studies."""
+"""Markdown tables of the reproduction studies (their figures:
+:mod:`wsdet.experiments.figures`, re-exported here).
+
+The tables read ``results`` (as :func:`~wsdet.experiments.run_mnist` returns it, or as
+read back from ``results.json``) and build the labels they look up from run keys
+(:class:`~wsdet.experiments.keys.RunKey`), never by splitting strings.
+"""
 
 from __future__ import annotations
 
-import warnings
-from pathlib import Path
+import dataclasses
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
-from wsdet.detector import Detector
-from wsdet.experiments.common import METHOD_ARCHITECTURE, METHOD_LABELS, STUCK_FRACTION
+from wsdet.experiments.common import METHOD_ARCHITECTURE, STUCK_FRACTION
+from wsdet.experiments.figures import DISPLAY, lesions_figures, mnist_figures
+from wsdet.experiments.keys import RunKey
 
-__all__ = ["lesions_markdown", "mnist_figures", "mnist_markdown"]
-
-_NO_FIGURES = "the study's figures need matplotlib: pip install 'wsdet[viz]' (skipped)"
+__all__ = ["lesions_figures", "lesions_markdown", "mnist_figures", "mnist_markdown"]
 
 
 def _pm(b: dict[str, Any] | None, scale: float = 100.0) -> str:
@@ -57,9 +59,44 @@ def _training_table(networks: dict[str, dict[str, Any]]) -> list[str]:
     return out
 
 
+def _trained_seed(results: dict[str, Any], key: RunKey) -> int:
+    """The seed the network of ``key`` was trained from: the requested one (``key.seed``,
+    else the study's), or the seed a restart off the plateau moved it to."""
+    requested = results["config"].get("seed", 0) if key.seed is None else key.seed
+    network = key.network(METHOD_ARCHITECTURE[key.method])
+    attempts = (results.get("networks") or {}).get(network, {}).get("attempts")
+    return int(attempts[-1]["seed"]) if attempts else int(requested)
+
+
+def _seed_cells(
+    results: dict[str, Any], key: RunKey, seeds: list[int]
+) -> tuple[list[float | None], list[str]]:
+    """FAUC of ``key`` per seed and its cells (×100; the true seed of a restarted run)."""
+    by_seed: dict[str, dict[str, float]] = results.get("fauc_by_seed") or {}
+    main = results["config"].get("seed", 0)
+    vals: list[float | None] = []
+    texts: list[str] = []
+    for s in seeds:
+        v = by_seed.get(key.label, {}).get(str(s))
+        true = _trained_seed(results, dataclasses.replace(key, seed=None if s == main else s))
+        vals.append(v)
+        restart = "" if true == s else f" (seed {true})"
+        texts.append("—" if v is None else f"{100 * v:.1f}{restart}")
+    return vals, texts
+
+
+def _mean_sd(vals: list[float | None]) -> str:
+    """Mean ± sample sd (×100) of the values present, or "—" for fewer than two."""
+    got = [v for v in vals if v is not None]
+    if len(got) < 2:
+        return "—"
+    return f"{100 * np.mean(got):.1f} ± {100 * np.std(got, ddof=1):.1f}"
+
+
 def _seed_table(results: dict[str, Any]) -> list[str]:
     """FAUC of every method and objective per training seed, mean ± sd over the seeds, and
-    in how many seeds regression beat classification."""
+    in how many seeds regression beat classification. A network restarted off the plateau
+    under another seed shows it: ``97.2 (seed 1)`` in the column of seed 0."""
     by_seed: dict[str, dict[str, float]] = results.get("fauc_by_seed") or {}
     seeds = sorted({int(k) for v in by_seed.values() for k in v})
     if len(seeds) < 2:
@@ -74,26 +111,24 @@ def _seed_table(results: dict[str, Any]) -> list[str]:
         "| seeds where regression > classification |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-
-    def cells(label: str) -> tuple[str, str, list[float]]:
-        vals = [by_seed.get(label, {}).get(str(s)) for s in seeds]
-        text = " / ".join("—" if v is None else f"{100 * v:.1f}" for v in vals)
-        got = [v for v in vals if v is not None]
-        if len(got) < 2:
-            return text, "—", got
-        return text, f"{100 * np.mean(got):.1f} ± {100 * np.std(got, ddof=1):.1f}", got
-
+    restarted = False
     for method in results["config"]["methods"]:
-        r_text, r_ms, _ = cells(f"{method}-regression")
-        c_text, c_ms, _ = cells(f"{method}-classification")
-        pairs = [
-            (by_seed.get(f"{method}-regression", {}).get(str(s)),
-             by_seed.get(f"{method}-classification", {}).get(str(s)))
-            for s in seeds
-        ]  # fmt: skip
+        r_vals, r_texts = _seed_cells(results, RunKey(method, "regression"), seeds)
+        c_vals, c_texts = _seed_cells(results, RunKey(method, "classification"), seeds)
+        restarted |= any("(seed" in t for t in r_texts + c_texts)
+        pairs = zip(r_vals, c_vals, strict=True)
         both = [(a, b) for a, b in pairs if a is not None and b is not None]
         wins = f"{sum(a > b for a, b in both)} of {len(both)}" if both else "—"
-        out.append(f"| {METHOD_LABELS[method]} | {r_text} | {r_ms} | {c_text} | {c_ms} | {wins} |")
+        out.append(
+            f"| {DISPLAY[method]} | {' / '.join(r_texts)} | {_mean_sd(r_vals)} "
+            f"| {' / '.join(c_texts)} | {_mean_sd(c_vals)} | {wins} |"
+        )
+    if restarted:
+        out += [
+            "",
+            "(seed N): the network stayed on the plateau of constant outputs under the "
+            "column's seed and was trained again from seed N (see the training runs).",
+        ]
     return out
 
 
@@ -130,6 +165,26 @@ def _comparisons(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _footer(results: dict[str, Any], heading: str, extra: list[str] | None = None) -> list[str]:
+    """The comparisons under ``heading``, ``extra`` lines, then the training runs."""
+    out = ["", heading, "", *_comparisons(results), *(extra or [])]
+    return [*out, "", "Training runs:", "", *_training_table(results["networks"])]
+
+
+def _mnist_row(title: str, r: dict[str, Any] | None, c: dict[str, Any] | None) -> str:
+    """A row of the MNIST table from the regression and classification records."""
+    op = (r or {}).get("operating_point")
+    op_s = f"{op['sensitivity']['estimate']:.3f} / {op['fp_avg']['estimate']:.3f}" if op else "—"
+    mae = f"{r['count_mae']:.3f}" if r and "count_mae" in r else "—"
+    cand = (
+        f"{_per(r, 'n_detections', 'n_images', '{:.1f}')} / "
+        f"{_per(c, 'n_detections', 'n_images', '{:.1f}')}"
+    )
+    return (
+        f"| {title} | {_pm(r and r['fauc'])} | {_pm(c and c['fauc'])} | {op_s} | {mae} | {cand} |"
+    )
+
+
 def mnist_markdown(results: dict[str, Any]) -> str:
     """The MNIST tables: FAUC per method and objective (paper Fig. 5), operating points,
     paired comparisons, and the training runs."""
@@ -149,44 +204,15 @@ def mnist_markdown(results: dict[str, Any]) -> str:
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for method in cfg["methods"]:
-        r = ev.get(f"{method}-regression")
-        c = ev.get(f"{method}-classification")
-        op = (r or {}).get("operating_point")
-        op_s = (
-            f"{op['sensitivity']['estimate']:.3f} / {op['fp_avg']['estimate']:.3f}" if op else "—"
-        )
-        mae = f"{r['count_mae']:.3f}" if r and "count_mae" in r else "—"
-        cand = (
-            f"{_per(r, 'n_detections', 'n_images', '{:.1f}')} / "
-            f"{_per(c, 'n_detections', 'n_images', '{:.1f}')}"
-        )
-        out.append(
-            f"| {METHOD_LABELS[method]} | {_pm(r and r['fauc'])} | {_pm(c and c['fauc'])} "
-            f"| {op_s} | {mae} | {cand} |"
-        )
-    p400 = ev.get("gp_unet-regression-paper400")
-    c400 = ev.get("gp_unet-classification-paper400")
+        r = ev.get(RunKey(method, "regression").label)
+        c = ev.get(RunKey(method, "classification").label)
+        out.append(_mnist_row(DISPLAY[method], r, c))
+    p400 = ev.get(RunKey("gp_unet", "regression", "paper400").label)
+    c400 = ev.get(RunKey("gp_unet", "classification", "paper400").label)
     if p400 or c400:
-        op = (p400 or {}).get("operating_point")
-        op_s = (
-            f"{op['sensitivity']['estimate']:.3f} / {op['fp_avg']['estimate']:.3f}" if op else "—"
-        )
-        mae = f"{p400['count_mae']:.3f}" if p400 and "count_mae" in p400 else "—"
-        out.append(
-            f"| GP-Unet, paper's 400 fixed images + augmentation | {_pm(p400 and p400['fauc'])} "
-            f"| {_pm(c400 and c400['fauc'])} | {op_s} | {mae} "
-            f"| {_per(p400, 'n_detections', 'n_images', '{:.1f}')} / "
-            f"{_per(c400, 'n_detections', 'n_images', '{:.1f}')} |"
-        )
-    out += ["", "Paired bootstrap differences (same resampled images for both):", ""]
-    out += _comparisons(results)
-    out += _seed_table(results)
-    out += [
-        "",
-        "Training runs:",
-        "",
-    ]
-    out += _training_table(results["networks"])
+        out.append(_mnist_row("GP-Unet, paper's 400 fixed images + augmentation", p400, c400))
+    heading = "Paired bootstrap differences (same resampled images for both):"
+    out += _footer(results, heading, _seed_table(results))
     return "\n".join(out) + "\n"
 
 
@@ -196,7 +222,6 @@ def lesions_markdown(results: dict[str, Any]) -> str:
     cfg = results["config"]
     settings = list(results["evaluations"])
     methods = [m for m in cfg["methods"]]
-    labels = dict(METHOD_LABELS, chance="Chance (random map)")
     if any("chance" in ev for ev in results["evaluations"].values()):
         methods.append("chance")
     out = [
@@ -208,7 +233,7 @@ def lesions_markdown(results: dict[str, Any]) -> str:
         "clipped); with all of them taken, the FROC curve ends at the last row's "
         "sensitivity.",
         "",
-        "| setting | " + " | ".join(labels[m] for m in methods) + " |",
+        "| setting | " + " | ".join(DISPLAY[m] for m in methods) + " |",
         "| --- |" + " --- |" * len(methods),
     ]
     for s in settings:
@@ -232,127 +257,5 @@ def lesions_markdown(results: dict[str, Any]) -> str:
         out.append(f"| {s} sensitivity | " + " | ".join(se) + " |")
         out.append(f"| {s} candidates/volume | " + " | ".join(cand) + " |")
         out.append(f"| {s} sensitivity, all candidates | " + " | ".join(ceil) + " |")
-    out += ["", "Paired bootstrap differences:", ""]
-    out += _comparisons(results)
-    out += [
-        "",
-        "Training runs:",
-        "",
-    ]
-    out += _training_table(results["networks"])
+    out += _footer(results, "Paired bootstrap differences:")
     return "\n".join(out) + "\n"
-
-
-def _maps(
-    networks: dict[tuple[str, str], nn.Module], methods: list[str], objective: str, x: torch.Tensor
-) -> dict[str, np.ndarray]:
-    out = {}
-    for m in methods:
-        model = networks[(METHOD_ARCHITECTURE[m], objective)]
-        amap = Detector(model, method=m).attention(x)[0].clamp_min(0)
-        out[METHOD_LABELS[m]] = amap.float().cpu().numpy()
-    return out
-
-
-def mnist_figures(
-    results: dict[str, Any],
-    curves: dict[str, Any],
-    networks: dict[tuple[str, str], nn.Module],
-    test: Any,
-    out: Path,
-    cfg: Any,
-) -> None:
-    """FROC curves, Fig. 3 (every method on one image), Fig. 4 (regression vs
-    classification GP-Unet on an image with and one without the digit)."""
-    try:
-        import matplotlib.pyplot as plt
-
-        from wsdet.viz import attention_grid, overlay, plot_froc, save_figure
-    except ImportError:  # pragma: no cover - exercised only without the extra
-        warnings.warn(_NO_FIGURES, stacklevel=2)
-        return
-    for objective in cfg.objectives:
-        sel = {
-            METHOD_LABELS[k.split("-")[0]] + ("" if "paper400" not in k else " (400 fixed)"): v
-            for k, v in curves.items()
-            if f"-{objective}" in k
-        }
-        if sel:
-            fig = plot_froc(sel, max_fp=cfg.max_fp, title=f"MNIST digit {cfg.digit}, {objective}")
-            save_figure(fig, str(out / f"froc_{objective}.png"))
-    counts = test.counts.numpy()
-    pos = int(np.argmax(counts))
-    neg = int(np.flatnonzero(counts == 0)[0]) if (counts == 0).any() else 0
-    x = test.images[pos : pos + 1]
-    shown = [m for m in cfg.methods if (METHOD_ARCHITECTURE[m], "regression") in networks]
-    if shown:
-        maps = _maps(networks, shown, "regression", x)
-        fig = attention_grid(x[0, 0], maps, gt=test.centers[pos], ncols=4, panel_size=2.6)
-        save_figure(fig, str(out / "fig3_methods.png"))
-    if "gp_unet" in cfg.methods and all(
-        ("gpunet", o) in networks for o in ("regression", "classification")
-    ):
-        fig, axes = plt.subplots(2, 3, figsize=(10, 4.6))
-        for row, i in enumerate((neg, pos)):
-            xi = test.images[i : i + 1]
-            overlay(
-                xi[0, 0],
-                gt=test.centers[i],
-                ax=axes[row, 0],
-                title=f"image, {int(counts[i])} target digits",
-            )
-            for col, obj in enumerate(("classification", "regression"), start=1):
-                amap = _maps(networks, ["gp_unet"], obj, xi)["GP-Unet"]
-                axes[row, col].imshow(amap, cmap="jet")
-                axes[row, col].set_axis_off()
-                axes[row, col].set_title(f"GP-Unet, {obj}", fontsize=9)
-        fig.tight_layout()
-        save_figure(fig, str(out / "fig4_regression_vs_classification.png"))
-
-
-def lesions_figures(
-    curves: dict[str, dict[str, Any]], examples: dict[str, Any], out: Path, cfg: Any
-) -> None:
-    """FROC curves per setting (paper Fig. 6) and one slice per setting with every
-    method's map (Fig. 7–8)."""
-    try:
-        import matplotlib.pyplot as plt
-
-        from wsdet.viz import attention_grid, plot_froc, save_figure
-    except ImportError:  # pragma: no cover - exercised only without the extra
-        warnings.warn(_NO_FIGURES, stacklevel=2)
-        return
-    n = len(curves)
-    if n:
-        fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 4), squeeze=False)
-        for ax, (setting, c) in zip(axes[0], curves.items(), strict=True):
-            plot_froc(c, max_fp=cfg.max_fp, ax=ax, title=setting, fp_unit="volume")
-        fig.tight_layout()
-        save_figure(fig, str(out / "froc_lesions3d.png"))
-    for setting, (test, nets) in examples.items():
-        counts = test.counts.numpy()
-        i = int(np.argmax(counts))
-        x = test.images[i : i + 1]
-        pts = np.asarray(test.points[i], float).reshape(-1, 3)
-        z = (
-            int(test.annotated_slice[i])
-            if test.annotated_slice is not None
-            else int(np.round(pts[0, 0]))
-            if len(pts)
-            else x.shape[2] // 2
-        )
-        maps = {}
-        for m in cfg.methods:
-            if METHOD_ARCHITECTURE[m] not in nets:  # interim report: not trained yet
-                continue
-            model = nets[METHOD_ARCHITECTURE[m]]
-            opts = (
-                {"fuse_intensity": True}
-                if m == "gp_unet_no_residual" and cfg.fuse_intensity
-                else {}
-            )
-            amap = Detector(model, method=m, **opts).attention(x)[0, z].clamp_min(0)
-            maps[METHOD_LABELS[m]] = amap.float().cpu().numpy()
-        gt = pts[np.abs(pts[:, 0] - z) <= 1][:, 1:] if len(pts) else None
-        fig = attention_grid(x[0, 0, z], maps, gt=gt, ncols=4, panel_size=2.4)
-        save_figure(fig, str(out / f"slices_{setting}.png"))

@@ -19,6 +19,7 @@ from wsdet.models.gated_attention import GatedAttentionNet
 from wsdet.models.gpunet import GPUnet
 from wsdet.models.gpunet_no_residual import GPUnetNoResidual
 from wsdet.models.init import INIT_SCHEMES, init_weights
+from wsdet.models.zoo import get_model as get_model
 
 __all__ = [
     "INIT_SCHEMES",

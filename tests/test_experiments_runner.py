@@ -1,0 +1,251 @@
+"""The generic study runner, run keys, the model zoo, the detection-cache lock and the
+per-seed table's true seeds: fast checks against hand-computed results."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from wsdet.detection import Detections
+from wsdet.experiments.keys import RunKey
+
+
+# ----------------------------------------------------------------------------- run keys
+@pytest.mark.parametrize(
+    ("key", "label"),
+    [
+        (RunKey("gp_unet", "regression"), "gp_unet-regression"),
+        (RunKey("gp_unet", "classification", "paper400"), "gp_unet-classification-paper400"),
+        (RunKey("grad_cam", "regression", seed=100), "grad_cam-regression-seed100"),
+    ],
+)
+def test_run_key_labels_are_the_report_strings(key: RunKey, label: str) -> None:
+    assert key.label == label
+    assert RunKey.parse(label) == key
+    assert key.main().label == "-".join(label.split("-")[:3]).replace("-seed100", "")
+
+
+def test_run_key_names_its_network_and_refuses_bad_parts() -> None:
+    key = RunKey("gp_unet", "regression", "paper400")
+    assert key.network("gpunet") == "gpunet-regression-paper400"
+    assert RunKey("grad", "classification", seed=7).network("basecnn") == (
+        "basecnn-classification-seed7"
+    )
+    with pytest.raises(ValueError, match="objective must be one of"):
+        RunKey("grad", "count")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="must not contain '-'"):
+        RunKey("grad-cam", "regression")
+    with pytest.raises(ValueError, match="not a run label"):
+        RunKey.parse("grad-regression-a-b")
+
+
+# ----------------------------------------------------------------------------- model zoo
+def test_get_model_builds_each_architecture_and_lists_the_choices() -> None:
+    from wsdet.experiments.common import build_model
+    from wsdet.models import BaseCNN, GatedAttentionNet, GPUnet, GPUnetNoResidual, get_model
+
+    expected = {
+        "gpunet": GPUnet,
+        "gpunet_no_residual": GPUnetNoResidual,
+        "gated_attention": GatedAttentionNet,
+        "basecnn": BaseCNN,
+    }
+    for name, cls in expected.items():
+        torch.manual_seed(0)
+        net = get_model(name, dim=2, width=4)
+        torch.manual_seed(0)
+        ref = cls(dim=2, width=4)
+        assert type(net) is cls
+        for a, b in zip(net.state_dict().values(), ref.state_dict().values(), strict=True):
+            assert torch.equal(a, b)
+        assert type(build_model(name, 3, 4)) is cls  # the old name, a thin alias
+    with pytest.raises(ValueError, match=r"name must be one of .*'gpunet_no_residual'.*'unet'"):
+        get_model("unet", dim=2)
+
+
+# ----------------------------------------------------------------------------- cache lock
+def _dets(n: int) -> list[Detections]:
+    return [Detections(np.array([[i, i]], np.int64), np.array([1.0]), 1.0, 1) for i in range(n)]
+
+
+def test_detection_cache_is_computed_once_by_two_threads(tmp_path: Path) -> None:
+    """Two callers at once: one computes (slowly), the other waits and loads its result."""
+    from wsdet.experiments.detections import cached_detections
+
+    path = tmp_path / "detections" / "m-abc.npz"
+    calls: list[int] = []
+
+    def compute() -> list[Detections]:
+        calls.append(1)
+        time.sleep(0.5)
+        return _dets(3)
+
+    got: list[tuple[list[Detections], float]] = []
+    threads = [
+        threading.Thread(target=lambda: got.append(cached_detections(path, compute)))
+        for _ in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(calls) == 1 and len(got) == 2
+    for dets, seconds in got:
+        assert [d.points.tolist() for d in dets] == [[[0, 0]], [[1, 1]], [[2, 2]]]
+        assert seconds >= 0.5
+    assert got[0][1] == pytest.approx(got[1][1])  # the waiter read the first one's time
+
+
+def test_detection_cache_waits_for_the_holder_then_loads(tmp_path: Path) -> None:
+    """An entry another process is computing is waited for, not computed again."""
+    from wsdet.experiments.detections import cached_detections, save_detections
+    from wsdet.experiments.store import FolderLock
+
+    path = tmp_path / "m-abc.npz"
+    other = FolderLock(path.with_suffix(".lock"))
+    assert other.acquire(wait=False)
+    calls: list[int] = []
+    got: list[Any] = []
+    worker = threading.Thread(
+        target=lambda: got.append(cached_detections(path, lambda: calls.append(1) or _dets(1)))
+    )
+    worker.start()
+    time.sleep(0.3)
+    assert worker.is_alive() and not got  # waiting for the lock
+    save_detections(path, _dets(2), 7.0)  # the other process finishes ...
+    other.release()  # ... and lets go
+    worker.join(timeout=60)
+    assert calls == [] and got[0][1] == 7.0 and len(got[0][0]) == 2
+
+
+# ----------------------------------------------------------------------------- runner
+@dataclass
+class _Config:
+    seed: int = 0
+    max_fp: float = 2.0
+    n_bootstrap: int = 20
+    nms_size: int = 3
+    eval_batch: int = 2
+
+
+class _FakeStudy:
+    """Two images with one target each; run "hit" finds both (FAUC 1), run "miss" finds
+    none (FAUC 0) with one false positive per image; a replicate of "hit" misses."""
+
+    def __init__(self) -> None:
+        self._config = _Config()
+        self.figure_calls: list[Any] = []
+
+    @property
+    def config(self) -> _Config:
+        return self._config
+
+    def plan(self, store: Any) -> Any:
+        from wsdet.experiments.runner import Plan, Run, TestSet
+
+        targets = [np.array([[2.0, 2.0]]), np.array([[5.0, 5.0]])]
+        test = TestSet(torch.zeros(2, 1, 8, 8), targets, {"radius": 1.0})
+        keys = [RunKey("hit"), RunKey("miss"), RunKey("hit", seed=9)]
+        runs = [Run(k, k.label, k.label, None, "g") for k in keys]
+        a, b = keys[:2]
+        return Plan(
+            jobs=[],
+            runs=runs,
+            tests={"g": test, "empty": test},
+            comparisons=[("hit vs miss", a, b), ("hit vs absent", a, RunKey("absent"))],
+            seed_table=True,
+        )
+
+    def detections(self, store: Any, run: Any, net: Any) -> tuple[list[Detections], float]:
+        hits = run.key.method == "hit" and run.key.seed is None
+        pts = [[2, 2], [5, 5]] if hits else [[7, 0], [0, 7]]
+        dets = [Detections(np.array([p], np.int64), np.array([0.9]), 1.0, 1) for p in pts]
+        return dets, 0.25
+
+    def record(self, run: Any, dets: list[Detections]) -> dict[str, Any]:
+        return {"n_dets": len(dets)}
+
+    def markdown(self, results: dict[str, Any]) -> str:
+        return f"{sorted(results['evaluations']['g'])}\n"
+
+    def figures(self, curves: Any, maps: Any, out: Path) -> None:
+        self.figure_calls.append((sorted(k.label for k in curves), maps))
+
+
+def test_run_study_evaluates_compares_and_reports(tmp_path: Path) -> None:
+    from wsdet.experiments.runner import run_study
+
+    study = _FakeStudy()
+    results = run_study(study, tmp_path)
+    ev = results["evaluations"]
+    assert set(ev) == {"g", "empty"} and ev["empty"] == {}  # every group, nested
+    assert set(ev["g"]) == {"hit-regression", "miss-regression"}  # no replicate
+    assert ev["g"]["hit-regression"]["fauc"]["estimate"] == pytest.approx(1.0)
+    assert ev["g"]["miss-regression"]["fauc"]["estimate"] == pytest.approx(0.0)
+    assert ev["g"]["hit-regression"]["detect_seconds"] == 0.25
+    assert ev["g"]["hit-regression"]["n_dets"] == 2
+    # the replicate (seed 9) is kept only per seed, beside the study's own seed 0
+    by_seed = results["fauc_by_seed"]
+    assert by_seed == {"hit-regression": {"0": 1.0, "9": 0.0}, "miss-regression": {"0": 0.0}}
+    assert list(results["comparisons"]) == ["hit vs miss"]  # "absent" was never evaluated
+    assert results["comparisons"]["hit vs miss"]["difference"] == pytest.approx(1.0)
+    assert (tmp_path / "report.md").read_text() == "['hit-regression', 'miss-regression']\n"
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["evaluations"] == json.loads(json.dumps(ev))
+    assert study.figure_calls == [(["hit-regression", "miss-regression"], {})]
+
+
+def test_fauc_by_seed_keys_the_replicates_by_their_seed() -> None:
+    from wsdet.experiments.runner import _fauc_by_seed
+
+    faucs = {
+        RunKey("grad"): 0.5,
+        RunKey("grad", seed=100): 0.25,
+        RunKey("gp_unet", variant="paper400"): 0.9,  # not a seed-table run
+    }
+    assert _fauc_by_seed(faucs, seed=3) == {"grad-regression": {"3": 0.5, "100": 0.25}}
+
+
+# ----------------------------------------------------------------------------- seed table
+def test_seed_table_labels_restarted_runs_with_their_true_seeds() -> None:
+    """A network restarted off the plateau shows the seed it was trained from (the
+    training summary's last attempt), in the column of the seed that was asked for."""
+    from wsdet.experiments.report import _seed_table
+
+    def attempts(*seeds: int) -> dict[str, Any]:
+        return {"attempts": [{"seed": s, "best_val_loss": 1.0} for s in seeds]}
+
+    results = {
+        "config": {"methods": ["gp_unet_no_residual", "gp_unet"], "seed": 0},
+        "networks": {
+            "gpunet_no_residual-regression": attempts(0, 1),  # restarted: seed 1
+            "gpunet_no_residual-regression-seed100": attempts(100),
+            "gpunet-classification-seed100": attempts(100, 101),  # restarted: seed 101
+            "gpunet-classification": attempts(0),
+        },
+        "fauc_by_seed": {
+            "gp_unet_no_residual-regression": {"0": 0.972, "100": 0.684, "200": 0.977},
+            "gp_unet-classification": {"0": 0.924, "100": 0.904, "200": 0.865},
+        },
+    }
+    rows = _seed_table(results)
+    nr = next(r for r in rows if r.startswith("| GP-Unet no residual |"))
+    # mean (97.2 + 68.4 + 97.7) / 3 = 87.77; sd sqrt((9.43² + 19.37² + 9.93²) / 2) = 16.77
+    assert nr.startswith("| GP-Unet no residual | 97.2 (seed 1) / 68.4 / 97.7 | 87.8 ± 16.8 |")
+    gp = next(r for r in rows if r.startswith("| GP-Unet |"))
+    # mean (92.4 + 90.4 + 86.5) / 3 = 89.77; sd sqrt((2.63² + 0.63² + 3.27²) / 2) = 3.00
+    assert "| 92.4 / 90.4 (seed 101) / 86.5 | 89.8 ± 3.0 |" in gp
+    assert rows[-1].startswith("(seed N): the network stayed on the plateau")
+    # without restarts, no seed marks and no note
+    for info in results["networks"].values():
+        info["attempts"] = info["attempts"][:1]
+    plain = _seed_table(results)
+    assert not any("(seed" in r for r in plain)

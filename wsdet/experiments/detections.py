@@ -1,0 +1,136 @@
+"""The detection cache of the studies: every NMS candidate of every test image, computed
+once per method and network.
+
+``detections/<name>-<key>.npz`` holds the points, scores, per-image offsets and predicted
+counts of one method on one network's test images (and the seconds they took); metrics and
+bootstrap are recomputed from it at report time. An entry being computed is locked
+(``<name>-<key>.lock``, the same :class:`~wsdet.experiments.store.FolderLock` as the
+networks'), so two processes running the same study compute it once: the second waits for
+the first and loads its result.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from wsdet._io import atomic_write
+from wsdet.detection import Detections
+from wsdet.detector import Detector
+from wsdet.experiments.store import FolderLock, Store
+
+__all__ = [
+    "cached_detections",
+    "detect_all",
+    "detect_cached",
+    "detections_path",
+    "load_detections",
+    "save_detections",
+]
+
+
+def detect_all(
+    model: nn.Module,
+    method: str,
+    images: torch.Tensor,
+    *,
+    batch_size: int,
+    size: int = 6,
+    options: dict[str, Any] | None = None,
+) -> list[Detections]:
+    """Every NMS candidate (``n="all"``, negatives clipped) of every image."""
+    det = Detector(model, method=method, **(options or {}))
+    out: list[Detections] = []
+    for i in range(0, images.shape[0], batch_size):
+        out += det.detect(images[i : i + batch_size], n="all", size=size, negatives="clip")
+    return out
+
+
+def save_detections(path: Path, dets: Sequence[Detections], seconds: float) -> None:
+    """Write ``dets`` and the ``seconds`` they took to ``path`` (``.npz``, atomically)."""
+    ndim = dets[0].points.shape[1] if dets else 2
+    points = np.concatenate([d.points for d in dets]) if dets else np.zeros((0, ndim), np.int64)
+    scores = np.concatenate([d.scores for d in dets]) if dets else np.zeros(0, np.float32)
+    offsets = np.cumsum([0] + [len(d) for d in dets]).astype(np.int64)
+    counts = np.array([d.count for d in dets], dtype=np.float64)
+
+    def write(f: Any) -> None:
+        np.savez_compressed(
+            f,
+            points=points,
+            scores=scores,
+            offsets=offsets,
+            counts=counts,
+            seconds=np.array(seconds),
+        )
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, write)
+
+
+def load_detections(path: Path) -> tuple[list[Detections], float]:
+    """Detections saved by :func:`save_detections` and the seconds they took."""
+    with np.load(path, allow_pickle=False) as z:
+        points, scores, offsets, counts = z["points"], z["scores"], z["offsets"], z["counts"]
+        seconds = float(z["seconds"])
+    dets = [
+        Detections(points[a:b], scores[a:b], float(c), n_candidates=int(b - a))
+        for a, b, c in zip(offsets[:-1], offsets[1:], counts, strict=True)
+    ]
+    return dets, seconds
+
+
+def detections_path(
+    store: Store, name: str, key: dict[str, Any], method: str, size: int, options: dict[str, Any]
+) -> Path:
+    """The cache file of ``method``'s detections (NMS ``size``, Detector ``options``)."""
+    config = {**key, "method": method, "size": size, "options": options}
+    return store.entry("detections", name, config).with_suffix(".npz")
+
+
+def cached_detections(
+    path: Path, compute: Callable[[], list[Detections]]
+) -> tuple[list[Detections], float]:
+    """The detections cached at ``path``, or ``compute()``'s, timed and saved there.
+
+    The entry is locked while it is computed: a second caller (another process or thread)
+    waits, then loads the first one's result instead of computing it again.
+    """
+    if path.exists():
+        return load_detections(path)
+    with FolderLock(path.with_suffix(".lock")):
+        if path.exists():  # computed by another process while this one waited
+            return load_detections(path)
+        t0 = time.perf_counter()
+        dets = compute()
+        seconds = time.perf_counter() - t0
+        save_detections(path, dets, seconds)
+    return dets, seconds
+
+
+def detect_cached(
+    store: Store,
+    name: str,
+    key: dict[str, Any],
+    model: nn.Module,
+    method: str,
+    images: torch.Tensor,
+    *,
+    batch_size: int,
+    size: int = 6,
+    options: dict[str, Any] | None = None,
+) -> tuple[list[Detections], float]:
+    """Detections of ``method`` on ``images``, computed once and cached under ``key``."""
+    path = detections_path(store, name, key, method, size, options or {})
+    return cached_detections(
+        path,
+        lambda: detect_all(
+            model, method, images, batch_size=batch_size, size=size, options=options
+        ),
+    )

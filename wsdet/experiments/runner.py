@@ -1,0 +1,263 @@
+"""One runner for every study: train → detect → evaluate → compare → report.
+
+A study is data: its :class:`Plan` lists the networks to train
+(:class:`~wsdet.experiments.TrainJob`), the runs to evaluate (:class:`Run`: one attention
+method read from one network, keyed by a :class:`~wsdet.experiments.keys.RunKey`), the
+test set of each evaluation group, the paired comparisons and the attention maps its
+figures show. The few things that differ between
+studies (how detections are made and cached, extra fields of a record, the report's
+tables and figures) are the methods of a :class:`Study`. :func:`run_study` does the rest,
+the same way for the MNIST study and the 3D lesion study.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from wsdet._checks import PathLike
+from wsdet._io import atomic_write_text
+from wsdet.detection import Detections
+from wsdet.detector import Detector
+from wsdet.experiments.common import Store, TrainJob, train_all
+from wsdet.experiments.keys import RunKey
+from wsdet.metrics import EvaluationReport, evaluate, fauc, match_images, paired_bootstrap
+
+__all__ = ["Plan", "Run", "Study", "StudyConfig", "TestSet", "Trained", "run_study"]
+
+log = logging.getLogger("wsdet.experiments")
+
+#: A trained network and its run summary (see :func:`~wsdet.experiments.train_cached`).
+Trained = tuple[nn.Module, dict[str, Any]]
+#: The attention maps the figures show: ``(run, test image index) -> map`` (≥ 0).
+Maps = dict[tuple[RunKey, int], np.ndarray]
+
+
+class StudyConfig(Protocol):
+    """The settings every study has (its configuration dataclass has more)."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+    seed: int
+    max_fp: float
+    n_bootstrap: int
+    nms_size: int
+    eval_batch: int
+
+
+@dataclass(frozen=True)
+class TestSet:
+    """The test images of one evaluation group, their targets and how to match them.
+
+    ``match``: the matching options of :func:`~wsdet.metrics.evaluate` and
+    :func:`~wsdet.metrics.match_images` (e.g. ``{"match": "boxes"}`` or
+    ``{"radius": 6.0}``). ``data``: the study's own test set object, for its figures.
+    """
+
+    images: torch.Tensor
+    targets: Sequence[Any]
+    match: dict[str, Any]
+    data: Any = None
+
+
+@dataclass(frozen=True)
+class Run:
+    """One method read from one network, evaluated on its group's test set.
+
+    ``label``: its key in ``results["evaluations"]`` (inside its ``group``'s dict when the
+    group is not ``""``); ``name``: its detection-cache entry and log name; ``network``:
+    the :class:`TrainJob` name of the network it reads (``None``: it needs none);
+    ``options``: the :class:`~wsdet.detector.Detector` options of the method. A run whose
+    key has a ``seed`` is a replicate: only its FAUC is kept, per training seed.
+    """
+
+    key: RunKey
+    label: str
+    name: str
+    network: str | None
+    group: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Plan:
+    """What a study trains and evaluates (see the module docstring).
+
+    ``tests``: the test set per group (``""`` when the study has one). ``comparisons``:
+    ``(name, a, b)``: a paired bootstrap of FAUC(a) − FAUC(b), when both were evaluated.
+    ``figure_maps``: ``(run, test image)`` pairs whose attention maps the figures show.
+    ``seed_table``: record ``results["fauc_by_seed"]`` (FAUC per training seed).
+    """
+
+    jobs: list[TrainJob]
+    runs: list[Run]
+    tests: dict[str, TestSet]
+    comparisons: list[tuple[str, RunKey, RunKey]] = field(default_factory=list)
+    figure_maps: list[tuple[RunKey, int]] = field(default_factory=list)
+    seed_table: bool = False
+
+
+class Study(Protocol):
+    """The parts of a study that differ from the others; :func:`run_study` runs it."""
+
+    @property
+    def config(self) -> StudyConfig: ...
+
+    def plan(self, store: Store) -> Plan:
+        """The networks, runs, test sets, comparisons and figure maps of the study."""
+        ...
+
+    def detections(
+        self, store: Store, run: Run, net: Trained | None
+    ) -> tuple[list[Detections], float]:
+        """The (cached) detections of ``run`` on its test set, and the seconds they took."""
+        ...
+
+    def record(self, run: Run, dets: list[Detections]) -> dict[str, Any]:
+        """Study-specific fields of ``run``'s evaluation record."""
+        ...
+
+    def markdown(self, results: dict[str, Any]) -> str:
+        """The report's tables."""
+        ...
+
+    def figures(self, curves: dict[RunKey, Any], maps: Maps, out: Path) -> None:
+        """The report's figures from the FROC curves and the attention maps."""
+        ...
+
+
+def run_study(
+    study: Study,
+    out: PathLike,
+    *,
+    interim: bool = False,
+    train_only: Sequence[str] | None = None,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) ``study`` under ``out``; return its results.
+
+    Trains every network of the plan (or loads it), then, unless ``train_only``, detects
+    with every run, evaluates, compares, writes ``out/results.json`` and ``out/report.md``
+    (atomically) and the figures. ``interim``, ``train_only``, ``device``: see
+    :func:`~wsdet.experiments.run_mnist`.
+    """
+    cfg = study.config
+    store = Store(out)
+    t_start = time.perf_counter()
+    plan = study.plan(store)
+    got = train_all(store, plan.jobs, train=not interim, only=train_only, device=device)
+    networks = {name: info for name, (_, info) in got.items()}
+    missing = [job.name for job in plan.jobs if job.name not in got]
+    if train_only is not None:
+        return {"networks": networks, "missing": missing}
+    results: dict[str, Any] = {
+        "config": dataclasses.asdict(cfg),
+        "networks": networks,
+        "missing": missing,
+    }
+    runs = [r for r in plan.runs if r.network is None or r.network in got]
+    evaluations, curves, faucs, matches = _evaluate_runs(study, store, plan, runs, got)
+    results["evaluations"] = evaluations
+    if plan.seed_table:
+        results["fauc_by_seed"] = _fauc_by_seed(faucs, cfg.seed)
+    results["comparisons"] = _compare(plan.comparisons, matches, cfg)
+    results["seconds_this_call"] = time.perf_counter() - t_start
+    store.write_json(Path(out) / "results.json", results)
+    atomic_write_text(study.markdown(results), Path(out) / "report.md")
+    study.figures(curves, figure_maps(plan, runs, got), Path(out))
+    return results
+
+
+def _evaluate_runs(
+    study: Study, store: Store, plan: Plan, runs: list[Run], got: dict[str, Trained]
+) -> tuple[dict[str, Any], dict[RunKey, Any], dict[RunKey, float], dict[RunKey, Any]]:
+    """Detect and evaluate every run: records, FROC curves, FAUCs and matches by key."""
+    cfg = study.config
+    compared = {k for _, a, b in plan.comparisons for k in (a, b)}
+    evaluations: dict[str, Any] = {g: {} for g in plan.tests if g}
+    curves: dict[RunKey, Any] = {}
+    faucs: dict[RunKey, float] = {}
+    matches: dict[RunKey, Any] = {}
+    for run in runs:
+        test = plan.tests[run.group]
+        net = got[run.network] if run.network is not None else None
+        dets, seconds = study.detections(store, run, net)
+        replicate = run.key.seed is not None
+        report = evaluate(
+            dets,
+            test.targets,
+            **test.match,
+            max_fp=cfg.max_fp,
+            n_bootstrap=0 if replicate else cfg.n_bootstrap,
+            seed=cfg.seed,
+        )
+        faucs[run.key] = report.fauc.estimate
+        log.info("%s: FAUC %.3f", run.name, report.fauc.estimate)
+        if replicate:
+            continue
+        record = {**report.to_dict(), "detect_seconds": seconds, **study.record(run, dets)}
+        (evaluations.setdefault(run.group, {}) if run.group else evaluations)[run.label] = record
+        curves[run.key] = report.curve
+        if run.key in compared:
+            matches[run.key] = run_matches(report, dets, test)
+    return evaluations, curves, faucs, matches
+
+
+def run_matches(report: EvaluationReport, dets: list[Detections], test: TestSet) -> Any:
+    """The per-image matches of ``dets`` behind ``report``, for paired comparisons."""
+    points, scores = [d.points for d in dets], [d.scores for d in dets]
+    return match_images(points, scores, test.targets, **test.match)
+
+
+def _fauc_by_seed(faucs: dict[RunKey, float], seed: int) -> dict[str, dict[str, float]]:
+    """FAUC per label and training seed: the study's own seed and the replicates'."""
+    out: dict[str, dict[str, float]] = {}
+    for key, value in faucs.items():
+        if not key.variant:
+            run_seed = seed if key.seed is None else key.seed
+            out.setdefault(key.main().label, {})[str(run_seed)] = value
+    return out
+
+
+def _compare(
+    pairs: list[tuple[str, RunKey, RunKey]], matches: dict[RunKey, Any], cfg: StudyConfig
+) -> dict[str, Any]:
+    """Paired bootstrap FAUC differences of the pairs whose runs were both evaluated."""
+    fn = partial(fauc, max_fp=cfg.max_fp)
+    out: dict[str, Any] = {}
+    for name, a, b in pairs:
+        if a in matches and b in matches:
+            r = paired_bootstrap(
+                fn,
+                matches[a],
+                matches[b],
+                B=cfg.n_bootstrap,
+                seed=cfg.seed,
+                ci=0.95,
+                max_fp=cfg.max_fp,
+            )
+            out[name] = {k: v for k, v in dataclasses.asdict(r).items() if k != "replicates"}
+    return out
+
+
+def figure_maps(plan: Plan, runs: list[Run], got: dict[str, Trained]) -> Maps:
+    """The attention maps (negatives clipped) the figures show, each computed once."""
+    by_key = {run.key: run for run in runs if run.network is not None}
+    maps: Maps = {}
+    for key, index in plan.figure_maps:
+        run = by_key.get(key)
+        if run is None or run.network is None:  # interim report: not trained yet
+            continue
+        x = plan.tests[run.group].images[index : index + 1]
+        det = Detector(got[run.network][0], method=key.method, **run.options)
+        maps[(key, index)] = det.attention(x)[0].clamp_min(0).float().cpu().numpy()
+    return maps
