@@ -31,7 +31,7 @@ from wsdet.detection import Detections
 from wsdet.detector import Detector
 from wsdet.experiments.common import Store, TrainJob, train_all
 from wsdet.experiments.keys import RunKey
-from wsdet.metrics import EvaluationReport, evaluate, fauc, match_images, paired_bootstrap
+from wsdet.metrics import evaluate, fauc, paired_bootstrap
 
 __all__ = ["Plan", "Run", "Study", "StudyConfig", "TestSet", "Trained", "run_study"]
 
@@ -208,14 +208,8 @@ def _evaluate_runs(
         (evaluations.setdefault(run.group, {}) if run.group else evaluations)[run.label] = record
         curves[run.key] = report.curve
         if run.key in compared:
-            matches[run.key] = run_matches(report, dets, test)
+            matches[run.key] = report.matches  # the matches behind the report
     return evaluations, curves, faucs, matches
-
-
-def run_matches(report: EvaluationReport, dets: list[Detections], test: TestSet) -> Any:
-    """The per-image matches of ``dets`` behind ``report``, for paired comparisons."""
-    points, scores = [d.points for d in dets], [d.scores for d in dets]
-    return match_images(points, scores, test.targets, **test.match)
 
 
 def _fauc_by_seed(faucs: dict[RunKey, float], seed: int) -> dict[str, dict[str, float]]:
