@@ -249,3 +249,25 @@ def test_seed_table_labels_restarted_runs_with_their_true_seeds() -> None:
         info["attempts"] = info["attempts"][:1]
     plain = _seed_table(results)
     assert not any("(seed" in r for r in plain)
+
+
+def test_target_digits_are_the_pool_images_drawn_in_the_target_boxes() -> None:
+    """Independent check: the pixels inside each target box are the pool digit named."""
+    from wsdet.data.mnist import MNISTGrid
+    from wsdet.experiments.mnist import target_digits
+
+    rng = np.random.default_rng(0)
+    pool = rng.integers(0, 256, size=(12, 28, 28), dtype=np.uint8)
+    labels = np.array([4, 4, 4, 1, 2, 3, 5, 6, 7, 8, 9, 0])
+    grids = MNISTGrid(pool, labels, target=4, n_images=20, rows=2, cols=3, seed=1)
+    per_grid = target_digits(grids)
+    assert sum(len(d) for d in per_grid) == int(grids.counts.sum()) > 0
+    for i, digits in enumerate(per_grid):
+        lo, hi = grids.boxes[i]
+        assert len(digits) == len(lo)
+        for d, a, b in zip(digits, lo, hi, strict=True):
+            crop = grids.images[i, 0, a[0] : b[0], a[1] : b[1]].numpy()
+            np.testing.assert_allclose(crop, pool[d] / 255.0, atol=1e-6)
+            assert labels[d] == 4
+    # only 3 distinct "4"s: the grids reuse them
+    assert len({int(d) for digits in per_grid for d in digits}) <= 3

@@ -20,7 +20,7 @@ import numpy as np
 
 from wsdet._checks import PathLike
 from wsdet.data.augment import augment as augment_batch
-from wsdet.data.mnist import GridSampler, mnist_grid_splits
+from wsdet.data.mnist import GridSampler, MNISTGrid, mnist_grid_splits
 from wsdet.detection import Detections
 from wsdet.experiments.common import METHOD_ARCHITECTURE, Store, TrainJob, detect_cached
 from wsdet.experiments.figures import FIG4_OBJECTIVES, mnist_examples, mnist_figures
@@ -118,6 +118,13 @@ class MNISTStudyConfig:
         )
 
 
+def target_digits(grids: MNISTGrid) -> list[np.ndarray]:
+    """Per grid, the pool index of each target digit, in the order of ``grids.boxes``
+    (row-major cells): equal indices are the same digit image shown in several grids."""
+    is_target = grids.cell_labels == grids.target
+    return [cells[mask] for cells, mask in zip(grids.cell_indices, is_target, strict=True)]
+
+
 class MNISTStudy:
     """The MNIST study as a :class:`~wsdet.experiments.runner.Study`.
 
@@ -158,6 +165,8 @@ class MNISTStudy:
             "n_test": cfg.n_test,
             "root_files": "mnist-test-10k",
         }
+        # the test grids reuse digits: the bootstrap also resamples distinct digits
+        digits = target_digits(test)
         pos, neg = mnist_examples(test.counts.numpy())
         shown = [(RunKey(m, "regression"), pos) for m in cfg.methods]
         if "gp_unet" in cfg.methods:
@@ -165,7 +174,7 @@ class MNISTStudy:
         return Plan(
             jobs=self._jobs(splits),
             runs=self._runs(),
-            tests={"": TestSet(test.images, test.boxes, {"match": "boxes"}, test)},
+            tests={"": TestSet(test.images, test.boxes, {"match": "boxes"}, test, digits)},
             comparisons=self._comparisons(),
             figure_maps=shown,
             seed_table=True,

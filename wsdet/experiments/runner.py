@@ -31,7 +31,13 @@ from wsdet.detection import Detections
 from wsdet.detector import Detector
 from wsdet.experiments.common import Store, TrainJob, train_all
 from wsdet.experiments.keys import RunKey
-from wsdet.metrics import evaluate, fauc, paired_bootstrap
+from wsdet.metrics import (
+    evaluate,
+    fauc,
+    paired_bootstrap,
+    two_way_bootstrap,
+    two_way_paired_bootstrap,
+)
 
 __all__ = ["Plan", "Run", "Study", "StudyConfig", "TestSet", "Trained", "run_study"]
 
@@ -61,12 +67,16 @@ class TestSet:
     ``match``: the matching options of :func:`~wsdet.metrics.evaluate` and
     :func:`~wsdet.metrics.match_images` (e.g. ``{"match": "boxes"}`` or
     ``{"radius": 6.0}``). ``data``: the study's own test set object, for its figures.
+    ``clusters``: per image, one object label per target when test images reuse objects
+    (the MNIST test grids reuse digits): the FAUC and the comparisons then also get a
+    two-way bootstrap over images and objects (:func:`~wsdet.metrics.two_way_bootstrap`).
     """
 
     images: torch.Tensor
     targets: Sequence[Any]
     match: dict[str, Any]
     data: Any = None
+    clusters: Sequence[Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -169,7 +179,8 @@ def run_study(
     results["evaluations"] = evaluations
     if plan.seed_table:
         results["fauc_by_seed"] = _fauc_by_seed(faucs, cfg.seed)
-    results["comparisons"] = _compare(plan.comparisons, matches, cfg)
+    clusters = {run.key: plan.tests[run.group].clusters for run in runs}
+    results["comparisons"] = _compare(plan.comparisons, matches, cfg, clusters)
     results["seconds_this_call"] = time.perf_counter() - t_start
     store.write_json(Path(out) / "results.json", results)
     atomic_write_text(study.markdown(results), Path(out) / "report.md")
@@ -205,6 +216,8 @@ def _evaluate_runs(
         if replicate:
             continue
         record = {**report.to_dict(), "detect_seconds": seconds, **study.record(run, dets)}
+        if test.clusters is not None and cfg.n_bootstrap > 0:
+            record["fauc_two_way"] = _two_way_fauc(report.matches, test.clusters, cfg)
         (evaluations.setdefault(run.group, {}) if run.group else evaluations)[run.label] = record
         curves[run.key] = report.curve
         if run.key in compared:
@@ -222,10 +235,36 @@ def _fauc_by_seed(faucs: dict[RunKey, float], seed: int) -> dict[str, dict[str, 
     return out
 
 
+def _summary(r: Any) -> dict[str, Any]:
+    """A bootstrap result as JSON values (its CI as a list), without the replicates."""
+    out = {k: v for k, v in dataclasses.asdict(r).items() if k != "replicates"}
+    if out.get("ci") is not None:
+        out["ci"] = list(out["ci"])
+    return out
+
+
+def _two_way_fauc(matches: Any, clusters: Sequence[Any], cfg: StudyConfig) -> dict[str, Any]:
+    """FAUC with its two-way bootstrap (images and objects) and the number of objects."""
+    r = two_way_bootstrap(
+        partial(fauc, max_fp=cfg.max_fp),
+        matches,
+        clusters,
+        B=cfg.n_bootstrap,
+        seed=cfg.seed,
+        ci=0.95,
+    )
+    distinct = len({c for per_image in clusters for c in np.asarray(per_image).tolist()})
+    return {**_summary(r), "n_objects": distinct}
+
+
 def _compare(
-    pairs: list[tuple[str, RunKey, RunKey]], matches: dict[RunKey, Any], cfg: StudyConfig
+    pairs: list[tuple[str, RunKey, RunKey]],
+    matches: dict[RunKey, Any],
+    cfg: StudyConfig,
+    clusters: dict[RunKey, Sequence[Any] | None],
 ) -> dict[str, Any]:
-    """Paired bootstrap FAUC differences of the pairs whose runs were both evaluated."""
+    """Paired bootstrap FAUC differences of the pairs whose runs were both evaluated (and
+    their two-way versions where the test images reuse objects)."""
     fn = partial(fauc, max_fp=cfg.max_fp)
     out: dict[str, Any] = {}
     for name, a, b in pairs:
@@ -239,7 +278,13 @@ def _compare(
                 ci=0.95,
                 max_fp=cfg.max_fp,
             )
-            out[name] = {k: v for k, v in dataclasses.asdict(r).items() if k != "replicates"}
+            out[name] = _summary(r)
+            objects = clusters.get(a)
+            if objects is not None and cfg.n_bootstrap > 0:
+                two = two_way_paired_bootstrap(
+                    fn, matches[a], matches[b], objects, B=cfg.n_bootstrap, seed=cfg.seed, ci=0.95
+                )
+                out[name]["two_way"] = _summary(two)
     return out
 
 
