@@ -174,6 +174,25 @@ def test_fusion_via_detector_option() -> None:
         np.testing.assert_allclose(maps[i].numpy(), ref, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("channel", [2, -3])
+def test_fuse_channel_out_of_range_is_a_clear_error(channel: int) -> None:
+    model = GPUnetNoResidual(2, in_channels=2, width=2).eval()
+    x = torch.rand(1, 2, 8, 8)
+    cam = GPUnetNoResidualCAM(model, fuse_intensity=True, fuse_channel=channel)
+    expected = rf"fuse_channel={channel} is out of range .* 2 channel.*-2 <= fuse_channel <= 1"
+    with pytest.raises(ValueError, match=expected):
+        cam.compute(x)
+    assert cam.layers is None  # refused before any work
+    # in range, counted from the end: the last channel
+    last = GPUnetNoResidualCAM(model, fuse_intensity=True, fuse_channel=-1).compute(x)[0]
+    ref = GPUnetNoResidualCAM(model, fuse_intensity=True, fuse_channel=1).compute(x)[0]
+    torch.testing.assert_close(last, ref, rtol=0, atol=0)
+    # without fusion the channel is never read
+    GPUnetNoResidualCAM(model, fuse_channel=channel).compute(x)
+    with pytest.raises(TypeError, match="fuse_channel must be an int"):
+        GPUnetNoResidualCAM(model, fuse_intensity=True, fuse_channel=1.0)  # type: ignore[arg-type]
+
+
 # ----------------------------------------------------------- gated attention
 
 

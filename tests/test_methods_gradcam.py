@@ -12,7 +12,7 @@ from torch import nn
 
 import wsdet
 from wsdet.attention.cam import CAM
-from wsdet.attention.gradcam import GradCAM
+from wsdet.attention.gradcam import GradCAM, LayerLeaves
 from wsdet.models import BaseCNN, GatedAttentionNet, GPUnet
 
 # ----------------------------------------------------------- hand model, 2D and 3D
@@ -330,3 +330,39 @@ def test_no_grad_and_inference_mode(dim: int) -> None:
         torch.testing.assert_close(m, ref, rtol=0, atol=0)
     assert all(p.grad is None for p in model.parameters())
     assert torch.is_grad_enabled()
+
+
+def test_layer_leaves_start_autograd_at_the_layer() -> None:
+    torch.manual_seed(0)
+    conv, head = nn.Conv2d(1, 2, 1), nn.Linear(2, 1)
+    net = nn.Sequential(conv, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), head)
+    hook = LayerLeaves("1")
+    handle = net[1].register_forward_hook(hook)
+    try:
+        with torch.no_grad():  # the layers before the hooked one record no graph
+            y = net(torch.rand(3, 1, 4, 5))
+            assert y.requires_grad
+            (g,) = torch.autograd.grad(y.sum(), hook.leaves[0])
+            (w,) = torch.autograd.grad(y.sum(), conv.weight, allow_unused=True)
+    finally:
+        handle.remove()
+    # y = head(mean(f)): dy/df = head.weight / (4 * 5) at every position
+    expected = (head.weight[0] / 20).reshape(1, 2, 1, 1).expand(3, 2, 4, 5)
+    torch.testing.assert_close(g, expected)
+    assert w is None
+    assert len(hook.leaves) == 1 and hook.outputs == []  # clones only kept on request
+    hook.clear()
+    assert hook.leaves == []
+
+
+def test_layer_leaves_non_tensor_outputs() -> None:
+    class Pair(nn.Module):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return x, x
+
+    pair = Pair()
+    with pytest.raises(TypeError, match="layer: 'pair' returned tuple"):
+        LayerLeaves("pair")(pair, (), pair(torch.zeros(1)))
+    lenient = LayerLeaves("pair", strict=False, keep_outputs=True)
+    assert lenient(pair, (), pair(torch.zeros(1))) is None
+    assert lenient.leaves == [] and lenient.outputs == []

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from wsdet._modules import WsdetLayers, declared_layers
 from wsdet.models import (
     AttentionGate,
     BaseCNN,
@@ -282,7 +283,7 @@ def test_wsdet_layers_resolve(cls: ModelCls) -> None:
     head, features, gradcam = layers["head"], layers["features"], layers["gradcam"]
     assert isinstance(head, str) and isinstance(gradcam, str) and isinstance(features, list)
     assert isinstance(modules[head], nn.Linear)
-    assert modules[gradcam] is not None
+    assert gradcam in modules and gradcam == features[0]
     assert len(features) == (2 if cls is GatedAttentionNet else 1)
     for name in features:
         assert name in modules
@@ -338,6 +339,89 @@ def test_cam_decomposition(cls: ModelCls, dim: int, spatial: tuple[int, ...]) ->
     assert start == head.in_features
     torch.testing.assert_close(pred, y, rtol=0, atol=1e-5)
     assert (y - pred).abs().max() < 1e-10
+
+
+@pytest.mark.parametrize(
+    ("cls", "channels", "half"),
+    [
+        (GPUnet, 8, False),  # conv5: w maps at full resolution
+        (BaseCNN, 1 + 3 * 8, True),  # cat2: c + 3w maps at half resolution
+        (GPUnetNoResidual, 8, False),  # conv7: w maps at full resolution
+        (GatedAttentionNet, 1 + 8, False),  # gate: the gated c + w maps, full resolution
+    ],
+)
+def test_gradcam_layer_output_shape(cls: ModelCls, channels: int, half: bool) -> None:
+    model = cls(2)
+    layer = model.get_submodule(str(model.wsdet_layers()["gradcam"]))
+    out: list[torch.Tensor] = []
+    h = layer.register_forward_hook(lambda _m, _i, o: out.append(o))
+    try:
+        model(torch.randn(2, 1, 13, 17))
+    finally:
+        h.remove()
+    assert len(out) == 1
+    assert out[0].shape == ((2, channels, 6, 8) if half else (2, channels, 13, 17))
+
+
+@pytest.mark.parametrize("cls", ALL_MODELS)
+def test_models_implement_the_wsdet_layers_protocol(cls: ModelCls) -> None:
+    model = cls(2)
+    assert isinstance(model, WsdetLayers)
+    assert declared_layers(model) == model.wsdet_layers()
+
+
+#: state_dict keys of the reference models: saved checkpoints depend on them.
+STATE_KEYS = {
+    "GPUnet": ["conv1", "conv2", "conv3", "conv4", "conv5"],
+    "BaseCNN": ["conv1", "conv2", "conv3", "conv4"],
+    "GPUnetNoResidual": ["conv1", "conv2", "conv3", "conv4", "conv5", "conv6", "conv7"],
+    "GatedAttentionNet": ["conv1", "conv2", "conv3", "conv4"],
+}
+
+
+def _reference_layers(name: str, c: int, w: int) -> list[nn.Module]:
+    """The model's convolutions and head built by hand, in registration (= draw) order."""
+
+    def conv(cin: int, cout: int) -> nn.Module:
+        return nn.Conv2d(cin, cout, 3, padding=1)
+
+    if name == "GPUnetNoResidual":
+        convs = [conv(c, w), conv(w, w), conv(w, 2 * w), conv(2 * w, 2 * w), conv(2 * w, 4 * w)]
+        return [*convs, conv(6 * w, 2 * w), conv(3 * w, w), nn.Linear(w, 1)]
+    stem = [conv(c, w), conv(w, w), conv(c + w, 2 * w), conv(2 * w, 2 * w)]
+    if name == "GPUnet":
+        return [*stem, conv(2 * c + 4 * w, w), nn.Linear(w, 1)]
+    if name == "BaseCNN":
+        return [*stem, nn.Linear(c + 3 * w, 1)]
+    gate = [
+        nn.Conv2d(c + w, w, 2, stride=2, bias=False),
+        nn.Conv2d(c + 3 * w, w, 1),
+        nn.Conv2d(w, 1, 1),
+    ]
+    return [*stem, *gate, nn.Linear(2 * c + 4 * w, 1)]
+
+
+@pytest.mark.parametrize("cls", ALL_MODELS)
+@pytest.mark.parametrize(("width", "in_channels"), [(None, 1), (5, 2)])
+def test_state_dict_keys_and_default_draws(
+    cls: ModelCls, width: int | None, in_channels: int
+) -> None:
+    """Checkpoints keep loading: same keys, and the same seed draws the same weights."""
+    torch.manual_seed(11)
+    model = cls(2, in_channels=in_channels, width=width)
+    torch.manual_seed(11)
+    ref = _reference_layers(cls.__name__, in_channels, model.width)
+    keys = [f"{n}.conv.{p}" for n in STATE_KEYS[cls.__name__] for p in ("weight", "bias")]
+    if cls is GatedAttentionNet:
+        keys += [f"gate.{k}" for k in ("theta.weight", "phi.weight", "phi.bias")]
+        keys += ["gate.psi.weight", "gate.psi.bias"]
+    keys += ["head.weight", "head.bias"]
+    state = model.state_dict()
+    assert list(state) == keys
+    expected = [t for m in ref for t in m.state_dict().values()]
+    assert len(expected) == len(keys)
+    for key, t in zip(keys, expected, strict=True):
+        assert torch.equal(state[key], t), key
 
 
 def test_basecnn_gradcam_layer_is_the_pooled_concat() -> None:
@@ -455,10 +539,12 @@ def test_forward_validation(cls: ModelCls) -> None:
 
 @pytest.mark.parametrize("cls", ALL_MODELS)
 def test_constructor_validation(cls: ModelCls) -> None:
-    with pytest.raises(ValueError, match="dim must be 2 or 3"):
+    with pytest.raises(ValueError, match=r"dim must be one of \['2', '3'\]; got 4"):
         cls(4)
-    with pytest.raises(ValueError, match="dim must be 2 or 3"):
+    with pytest.raises(TypeError, match="dim must be an int"):
         cls(True)
+    with pytest.raises(TypeError, match="dim must be an int"):
+        cls(2.0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="width"):
         cls(2, width=0)
     with pytest.raises(TypeError, match="width"):
@@ -572,10 +658,12 @@ def test_init_weights_validation() -> None:
     model = GPUnet(2)
     with pytest.raises(ValueError, match="scheme must be one of"):
         init_weights(model, "he")
-    with pytest.raises(ValueError, match="std must be a positive"):
+    with pytest.raises(ValueError, match=r"std must be a finite number > 0; got 0\.0"):
         init_weights(model, "keras", std=0.0)
-    with pytest.raises(ValueError, match="std must be a positive"):
+    with pytest.raises(ValueError, match="std must be a finite number > 0; got nan"):
         init_weights(model, "keras", std=float("nan"))
+    with pytest.raises(TypeError, match="std must be a real number"):
+        init_weights(model, "keras", std="0.1")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="std is only used"):
         init_weights(model, "kaiming", std=0.1)
     with pytest.raises(ValueError, match="generator has no effect"):

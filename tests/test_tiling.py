@@ -132,6 +132,15 @@ def test_fuse_intensity_after_assembly() -> None:
     )
 
 
+def test_fuse_channel_out_of_range_is_a_clear_error() -> None:
+    method = wsdet.attention.get_method("gp_unet_no_residual")(
+        _model(GPUnetNoResidual, seed=3), fuse_intensity=True, fuse_channel=1
+    )
+    tiled = TiledAttention(method, tile_size=TILE3)
+    with pytest.raises(ValueError, match=r"fuse_channel=1 is out of range .* 1 channel"):
+        tiled(_x((1, 1, *SIZE3)))
+
+
 @pytest.mark.parametrize("layer", ["conv2", "cat2"])
 def test_grad_cam_on_layers_that_are_not_only_pooled(layer: str) -> None:
     """``conv2`` is upstream of the pooled features; GatedAttentionNet's ``cat2`` is pooled

@@ -35,10 +35,19 @@ from wsdet.attention._tiling_plan import (
 )
 from wsdet.attention._tiling_probe import TilingGeometry
 from wsdet.attention.base import AttentionMethod, instrumented, select_target
+from wsdet.attention.gradcam import LayerLeaves
 from wsdet.attention.gradient import autograd_region
 from wsdet.attention.pooling import ForwardWatch, PoolCall
 
-__all__ = ["Forward", "HeadPass", "PoolCapture", "PooledSum", "head_pass", "pooled_sweep"]
+__all__ = [
+    "Forward",
+    "HeadPass",
+    "PoolCapture",
+    "PooledSum",
+    "head_pass",
+    "pooled_sweep",
+    "tile_features",
+]
 
 #: Runs the model (or the method's instrumented forward, e.g. guided ReLUs) on a tensor.
 Forward = Callable[[Tensor], Any]
@@ -48,7 +57,8 @@ class PoolCapture:
     """``on_pool`` callback: keeps the pooled feature maps of the wanted calls.
 
     With ``substitute``, the result of those poolings is replaced (and grad mode switched
-    on, so that autograd records the head from there).
+    on, so that autograd records the head from there). With ``copy``, the maps kept are
+    copies (safe from later in-place operations of the forward pass).
     """
 
     def __init__(
@@ -56,15 +66,17 @@ class PoolCapture:
         wanted: Sequence[int],
         substitute: Mapping[int, Tensor] | None = None,
         enable_grad: bool = False,
+        copy: bool = False,
     ) -> None:
         self.wanted = frozenset(wanted)
         self.substitute = substitute
         self.enable_grad = enable_grad
+        self.copy = copy
         self.feats: dict[int, Tensor] = {}
 
     def __call__(self, call: PoolCall, feats: Tensor, pooled: Tensor) -> Tensor | None:
         if call.index in self.wanted:
-            self.feats[call.index] = feats
+            self.feats[call.index] = feats.clone() if self.copy else feats
         if self.substitute is not None and call.index in self.substitute:
             if self.enable_grad:
                 torch.set_grad_enabled(True)
@@ -132,20 +144,29 @@ class PooledSum:
         return out
 
 
+def tile_features(forward: Forward, xt: Tensor, tile: Tile, acc: PooledSum) -> dict[int, Tensor]:
+    """One forward pass on ``tile``'s input ``xt``: its pooled feature maps, by pooling index.
+
+    The poolings must be those the probe saw; the cores of the features are added to
+    ``acc`` (without recording a graph).
+    """
+    cap = PoolCapture([p.index for p in acc.geometry.pools])
+    with watch(xt, cap):
+        forward(xt)
+    cap.check(acc.geometry)
+    with torch.no_grad():
+        acc.add(tile, cap.feats)
+    return cap.feats
+
+
 def pooled_sweep(
     model: nn.Module, x: Tensor, plan: TilePlan, geometry: TilingGeometry
 ) -> PooledSum:
     """One forward pass per tile (inference mode): the exact global pooled vectors."""
     acc = PooledSum(geometry, plan.size)
-    indices = [p.index for p in geometry.pools]
     with instrumented(model), torch.inference_mode():
         for tile in plan.tiles:
-            cap = PoolCapture(indices)
-            xt = x[batch_index(tile.window)]
-            with watch(xt, cap):
-                model(xt)
-            cap.check(geometry)
-            acc.add(tile, cap.feats)
+            tile_features(model, x[batch_index(tile.window)], tile, acc)
     return acc
 
 
@@ -296,19 +317,8 @@ def head_pass(
         for prm in model.parameters():
             prm.requires_grad_(False)
         leaves = {i: v.to(device=x.device).clone().requires_grad_() for i, v in values.items()}
-        made: list[Tensor] = []
-        layer_leaves: list[Tensor] = []
+        hook = LayerLeaves("", strict=False, keep_outputs=True)
         if layer is not None:
-
-            def hook(mod: nn.Module, inp: Any, out: Any) -> Any:
-                if not isinstance(out, Tensor):
-                    return None
-                leaf = out.detach().requires_grad_()
-                torch.set_grad_enabled(True)
-                layer_leaves.append(leaf)
-                made.append(leaf.clone())
-                return made[-1]
-
             ins.forward_hook(layer[0], hook)
         cap = PoolCapture(indices, substitute=leaves, enable_grad=True)
         torch.set_grad_enabled(False)  # autograd starts at the substituted poolings
@@ -332,8 +342,8 @@ def head_pass(
         }
         affine = is_affine(y.grad_fn)
         layer_pools = None
-        if layer is not None and len(made) == 1:
-            layer_pools = _direct_pools(y, cap.feats, made[0], layer_leaves[0])
+        if layer is not None and len(hook.outputs) == 1:
+            layer_pools = _direct_pools(y, cap.feats, hook.outputs[0], hook.leaves[0])
     return HeadPass(y.detach(), grads, affine, layer_pools)
 
 

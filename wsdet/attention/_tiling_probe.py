@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from wsdet.attention.base import instrumented
-from wsdet.attention.pooling import ForwardWatch, PoolCall
+from wsdet.attention.pooling import ForwardWatch, PoolCall, tensor_version
 
 __all__ = ["PoolGeometry", "TilingGeometry", "cached", "check_module", "probe_geometry"]
 
@@ -112,18 +112,11 @@ _CACHE_GUARD = threading.Lock()
 _CACHE_SIZE = 16
 
 
-def _version(t: Tensor) -> int:
-    try:
-        return int(t._version)
-    except RuntimeError:  # inference tensors have no version counter
-        return -1
-
-
 def _fingerprint(model: nn.Module) -> tuple[Any, ...]:
     """Changes whenever a parameter or buffer is modified, replaced, or a mode flipped."""
     tensors = [*model.parameters(), *model.buffers()]
     return (
-        tuple((id(t), t.data_ptr(), _version(t)) for t in tensors),
+        tuple((id(t), t.data_ptr(), tensor_version(t)) for t in tensors),
         tuple(m.training for m in model.modules()),
     )
 

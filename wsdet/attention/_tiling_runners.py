@@ -20,7 +20,7 @@ from wsdet.attention._tiling_head import (
     PooledSum,
     head_pass,
     pooled_sweep,
-    watch,
+    tile_features,
 )
 from wsdet.attention._tiling_plan import (
     Tile,
@@ -32,9 +32,15 @@ from wsdet.attention._tiling_plan import (
     spatial_dims,
 )
 from wsdet.attention._tiling_probe import TilingGeometry
-from wsdet.attention.base import instrumented, select_target, upsample_to
-from wsdet.attention.cam import CAM, check_identity, discover_cam_layers, fuse_with_intensity
-from wsdet.attention.gradcam import GradCAM, discover_gradcam_layer
+from wsdet.attention.base import check_channel, instrumented, select_target, upsample_to
+from wsdet.attention.cam import (
+    CAM,
+    check_identity,
+    discover_cam_layers,
+    fuse_with_intensity,
+    scale_maps,
+)
+from wsdet.attention.gradcam import GradCAM, LayerLeaves, discover_gradcam_layer
 from wsdet.attention.gradient import GuidedBackprop, InputGradient, reduce_channels
 from wsdet.attention.intensity import Intensity
 from wsdet.attention.pooling import ForwardWatch
@@ -65,10 +71,16 @@ def _uniform(g: Tensor, like: Tensor) -> Tensor:
 
 
 def _exact_head(
-    method: Any, forward: Any, x: Tensor, plan: TilePlan, geometry: TilingGeometry, **kw: Any
+    method: Any,
+    forward: Any,
+    x: Tensor,
+    small: Tensor,
+    plan: TilePlan,
+    geometry: TilingGeometry,
+    **kw: Any,
 ) -> HeadPass:
-    """``∂y/∂pooled`` at the exact pooled vectors (a pooling sweep first, unless affine)."""
-    small = head_input(x, plan, geometry)
+    """``∂y/∂pooled`` at the exact pooled vectors (a pooling sweep first, unless affine),
+    from head passes on the small input ``small`` (:func:`head_input`)."""
     head = head_pass(method, forward, small, geometry, None, **kw)
     if head.affine:
         return head
@@ -76,18 +88,19 @@ def _exact_head(
     return head_pass(method, forward, small, geometry, exact, **kw)
 
 
-def _final_y(
-    method: Any,
-    x: Tensor,
-    plan: TilePlan,
-    geometry: TilingGeometry,
-    head: HeadPass,
-    acc: PooledSum,
+def _output(
+    method: Any, small: Tensor, geometry: TilingGeometry, pooled: dict[int, Tensor]
 ) -> Tensor:
-    if not head.affine:
-        return head.y
-    small = head_input(x, plan, geometry)
-    return head_pass(method, method.model, small, geometry, acc.pooled(), need_grad=False).y
+    """The explained output for the given pooled vectors (one head pass on ``small``)."""
+    return head_pass(method, method.model, small, geometry, pooled, need_grad=False).y
+
+
+def _final_y(
+    method: Any, small: Tensor, geometry: TilingGeometry, head: HeadPass, acc: PooledSum
+) -> Tensor:
+    """The output: the head pass's own (non-affine heads ran at the exact pooled vectors),
+    or one more head pass at the swept pooled vectors."""
+    return _output(method, small, geometry, acc.pooled()) if head.affine else head.y
 
 
 # ---------------------------------------------------------------------------- CAM
@@ -97,6 +110,7 @@ def run_cam(
     method: CAM, x: Tensor, plan: TilePlan, geometry: TilingGeometry
 ) -> tuple[Tensor, Tensor]:
     """CAM: per-scale maps at feature resolution, assembled from cores, upsampled once."""
+    image = method.fusion_image(x) if method.fuse_intensity else None
     model = method.model
     b = x.shape[0]
     probe = probe_input(x, geometry)
@@ -140,13 +154,8 @@ def run_cam(
             w = weight[layers.row]
             bias = 0.0 if bvec is None else float(bvec[layers.row])
             pred = torch.zeros(b, dtype=torch.float64, device=x.device)
-            j = 0
-            for s, p in enumerate(pools):
-                f = cap.feats[p.index]
-                c = f.shape[1]
-                wk = w[j : j + c].detach().to(f.dtype)
-                j += c
-                m = torch.matmul(wk, f.flatten(2)).reshape(b, *f.shape[2:])
+            feats = [cap.feats[p.index] for p in pools]
+            for s, (p, f, m) in enumerate(zip(pools, feats, scale_maps(w, feats), strict=True)):
                 pred += (
                     m.flatten(1).double().sum(1)
                     if p.kind == "sum"
@@ -169,8 +178,8 @@ def run_cam(
         ms = upsample_to(ms, x.shape[2:])
         total = ms if total is None else total + ms
     assert total is not None
-    if method.fuse_intensity:
-        total = fuse_with_intensity(total, x[:, method.fuse_channel])
+    if image is not None:
+        total = fuse_with_intensity(total, image)
     return total.to(x.dtype), y.to(out.dtype if isinstance(out, Tensor) else x.dtype)
 
 
@@ -218,22 +227,17 @@ def run_gradient(
     guided = isinstance(method, GuidedBackprop)
     model = method.model
     forward = method._forward
-    head = _exact_head(method, forward, x, plan, geometry)
+    small = head_input(x, plan, geometry)
+    head = _exact_head(method, forward, x, small, plan, geometry)
     acc = PooledSum(geometry, plan.size)
-    indices = [p.index for p in geometry.pools]
     with instrumented(model), torch.inference_mode(False), torch.enable_grad():
         for prm in model.parameters():
             prm.requires_grad_(False)
         grad = torch.zeros(x.shape, dtype=x.dtype, device=x.device)
         for tile in plan.tiles:
             leaf = x[batch_index(tile.window)].detach().clone().requires_grad_()
-            cap = PoolCapture(indices)
-            with watch(leaf, cap):
-                forward(leaf)
-            cap.check(geometry)
-            with torch.no_grad():
-                acc.add(tile, cap.feats)
-            outs, seeds = _pool_seeds(cap.feats, geometry, head, acc, tile, plan, everywhere=guided)
+            feats = tile_features(forward, leaf, tile, acc)
+            outs, seeds = _pool_seeds(feats, geometry, head, acc, tile, plan, everywhere=guided)
             if not outs:
                 continue
             (gx,) = torch.autograd.grad(outs, leaf, grad_outputs=seeds, allow_unused=True)
@@ -243,8 +247,8 @@ def run_gradient(
                 grad[batch_index(tile.core)] = gx[batch_index(tile.core_in_window)]
             else:
                 grad[batch_index(tile.window)] += gx
-            del gx, outs, seeds, cap, leaf
-    y = _final_y(method, x, plan, geometry, head, acc)
+            del gx, outs, seeds, feats, leaf
+    y = _final_y(method, small, geometry, head, acc)
     maps = reduce_channels(grad, method.channel_reduce)
     return maps.detach().to(x.dtype), y
 
@@ -264,10 +268,10 @@ def run_gradcam(
     if not calls or not -len(calls) <= call < len(calls):
         raise ValueError(f"layer: {name!r} did not return a (B, C, *S) tensor in the forward pass")
     factor = calls[call]
-    head = _exact_head(method, model, x, plan, geometry, layer=(module, call))
+    small = head_input(x, plan, geometry)
+    head = _exact_head(method, model, x, small, plan, geometry, layer=(module, call))
     b = x.shape[0]
     acc = PooledSum(geometry, plan.size)
-    indices = [p.index for p in geometry.pools]
     by_index = {p.index: p for p in geometry.pools}
     out_map: Tensor | None = None
 
@@ -285,15 +289,10 @@ def run_gradcam(
         direct = head.layer_pools
         with instrumented(model), torch.inference_mode():
             for tile in plan.tiles:
-                cap = PoolCapture(indices)
-                xt = x[batch_index(tile.window)]
-                with watch(xt, cap):
-                    model(xt)
-                cap.check(geometry)
-                acc.add(tile, cap.feats)
+                feats = tile_features(model, x[batch_index(tile.window)], tile, acc)
                 alpha = sum(head.grads[j] * acc.scale(j, by_index[j].kind) for j in direct)
                 assert isinstance(alpha, Tensor)
-                write(tile, alpha, cap.feats[direct[0]], by_index[direct[0]].factor)
+                write(tile, alpha, feats[direct[0]], by_index[direct[0]].factor)
     else:
         alpha = _gradcam_alpha(method, module, call, factor, x, plan, geometry, head, acc)
         outs: list[Tensor] = []
@@ -309,7 +308,7 @@ def run_gradcam(
                 model(x[batch_index(tile.window)])
                 write(tile, alpha, outs[call], factor)
         outs.clear()
-    y = _final_y(method, x, plan, geometry, head, acc)
+    y = _final_y(method, small, geometry, head, acc)
     assert out_map is not None
     maps = out_map.clamp_min(0) if method.relu else out_map
     return upsample_to(maps, x.shape[2:]).detach().to(x.dtype), y
@@ -328,38 +327,23 @@ def _gradcam_alpha(
 ) -> Tensor:
     """``α = (1/Z) Σ_q ∂y/∂f_L(q)``: each tile's gradient at the layer, seeded on its core."""
     model = method.model
-    indices = [p.index for p in geometry.pools]
-    leaves: list[Tensor] = []
+    hook = LayerLeaves(str(method.layer))
     total: Tensor | None = None
     z = 0
-
-    def hook(mod: nn.Module, inp: Any, out: Any) -> Tensor:
-        if not isinstance(out, Tensor):
-            raise TypeError(f"layer: {method.layer!r} returned {type(out).__name__}, not a tensor")
-        leaf = out.detach().requires_grad_()
-        torch.set_grad_enabled(True)
-        leaves.append(leaf)
-        return leaf.clone()
-
     with instrumented(model) as ins, torch.inference_mode(False), torch.enable_grad():
         for prm in model.parameters():
             prm.requires_grad_(False)
         ins.forward_hook(module, hook)
         for tile in plan.tiles:
-            leaves.clear()
+            hook.clear()
             xt = x[batch_index(tile.window)].detach().clone()
-            cap = PoolCapture(indices)
             torch.set_grad_enabled(False)  # autograd starts at the layer
-            with watch(xt, cap):
-                model(xt)
+            feats = tile_features(model, xt, tile, acc)
             torch.set_grad_enabled(True)
-            cap.check(geometry)
-            f_l = leaves[call]
+            f_l = hook.leaves[call]
             if not z:
                 z = math.prod(full_feature_size(tile, factor, f_l.shape[2:]))
-            with torch.no_grad():
-                acc.add(tile, cap.feats)
-            outs, seeds = _pool_seeds(cap.feats, geometry, head, acc, tile, plan)
+            outs, seeds = _pool_seeds(feats, geometry, head, acc, tile, plan)
             if not outs:
                 continue
             (g,) = torch.autograd.grad(outs, f_l, grad_outputs=seeds, allow_unused=True)
@@ -367,7 +351,7 @@ def _gradcam_alpha(
                 continue
             part = g.sum(dim=spatial_dims(g), dtype=torch.float64)
             total = part if total is None else total + part
-        leaves.clear()
+        hook.clear()
     if total is None:
         raise ValueError(f"layer: the explained output does not depend on {method.layer!r}")
     return total / z
@@ -380,12 +364,7 @@ def run_intensity(
     method: Intensity, x: Tensor, plan: TilePlan, geometry: TilingGeometry
 ) -> tuple[Tensor, Tensor]:
     """The image channel itself; the count from the exact pooled vectors."""
-    c = x.shape[1]
-    if not -c <= method.channel < c:
-        raise ValueError(
-            f"channel={method.channel} is out of range for an input with {c} channel(s)"
-        )
+    check_channel("channel", method.channel, x.shape[1])
     acc = pooled_sweep(method.model, x, plan, geometry)
-    small = head_input(x, plan, geometry)
-    y = head_pass(method, method.model, small, geometry, acc.pooled(), need_grad=False).y
+    y = _output(method, head_input(x, plan, geometry), geometry, acc.pooled())
     return x[:, method.channel].detach().clone(), y

@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from wsdet.attention._tiling_head import PoolCapture, watch
 from wsdet.attention._tiling_probe import TilingGeometry, cached
 from wsdet.attention.base import Target, instrumented, select_target
-from wsdet.attention.pooling import ForwardWatch, PoolCall
 
 __all__ = ["verify_tiling"]
 
@@ -32,15 +32,10 @@ def _capture(
     substitute: dict[int, Tensor] | None = None,
     layer: tuple[nn.Module, int] | None = None,
 ) -> tuple[dict[int, Tensor], Tensor | None, Any]:
-    feats: dict[int, Tensor] = {}
+    """One forward pass: copies of the pooled feature maps, of ``layer``'s output, and the
+    output (the poolings in ``substitute`` replaced)."""
+    cap = PoolCapture(pools, substitute=substitute, copy=True)
     outs: list[Tensor] = []
-
-    def on_pool(call: PoolCall, f: Tensor, pooled: Tensor) -> Tensor | None:
-        if call.index in pools:
-            feats[call.index] = f.clone()
-        if substitute is not None and call.index in substitute:
-            return substitute[call.index]
-        return None
 
     def hook(mod: nn.Module, inp: Any, out: Any) -> None:
         if isinstance(out, Tensor):
@@ -49,13 +44,13 @@ def _capture(
     with instrumented(model) as ins, torch.inference_mode():
         if layer is not None:
             ins.forward_hook(layer[0], hook)
-        with ForwardWatch(x.shape[0], x.ndim, on_pool=on_pool):
+        with watch(x, cap):
             output = model(x)
     picked = None
     if layer is not None and outs:
         call = layer[1]
         picked = outs[call] if -len(outs) <= call < len(outs) else None
-    return feats, picked, output
+    return cap.feats, picked, output
 
 
 def verify_tiling(

@@ -24,12 +24,15 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from wsdet._modules import declared_layers
+
 __all__ = [
     "AttentionMethod",
     "AttentionUndefinedError",
     "LayerSpec",
     "Target",
     "available_methods",
+    "check_channel",
     "get_method",
     "instrumented",
     "model_lock",
@@ -84,8 +87,6 @@ class AttentionMethod:
 
     #: Registry name.
     name: ClassVar[str] = ""
-    #: Whether the method needs a backward pass (gradient family).
-    needs_grad: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, *, target: Target = None) -> None:
         if not isinstance(model, nn.Module):
@@ -226,26 +227,11 @@ def resolve_module(model: nn.Module, spec: LayerSpec, argname: str) -> tuple[str
     raise TypeError(f"{argname} must be an nn.Module or a dotted module name, got {spec!r}")
 
 
-def model_layers(model: nn.Module) -> dict[str, Any]:
-    """The layers a model declares through an optional ``wsdet_layers()`` method."""
-    fn = getattr(model, "wsdet_layers", None)
-    if callable(fn):
-        layers = fn()
-        if not isinstance(layers, dict):
-            raise TypeError("model.wsdet_layers() must return a dict")
-        return layers
-    return {}
+#: Former name of :func:`wsdet._modules.declared_layers` (the ``wsdet_layers()`` reader).
+model_layers = declared_layers
 
 
 # ----------------------------------------------------------------------- instrumenting
-
-
-def _hook_count(model: nn.Module) -> int:
-    n = 0
-    for m in model.modules():
-        n += len(m._forward_hooks) + len(m._forward_pre_hooks)
-        n += len(m._backward_hooks) + len(getattr(m, "_backward_pre_hooks", {}))
-    return n
 
 
 @dataclass
@@ -345,6 +331,24 @@ def select_target(output: Tensor, target: Target, batch: int) -> Tensor:
             )
         return flat[:, target]
     raise TypeError(f"target must be None, an int or a callable, got {target!r}")
+
+
+def check_channel(name: str, index: int, channels: int) -> int:
+    """``index`` if it names one of ``channels`` input channels (negative counts from the end).
+
+    >>> check_channel("channel", -1, 3)
+    -1
+    >>> check_channel("c", 3, 3)
+    Traceback (most recent call last):
+    ...
+    ValueError: c=3 is out of range for an input with 3 channel(s); expected -3 <= c <= 2
+    """
+    if not -channels <= index < channels:
+        raise ValueError(
+            f"{name}={index} is out of range for an input with {channels} channel(s); "
+            f"expected {-channels} <= {name} <= {channels - 1}"
+        )
+    return index
 
 
 def upsample_to(maps: Tensor, size: Sequence[int]) -> Tensor:

@@ -20,17 +20,19 @@ version, with the optional intensity fusion) and ``gated_attention`` (multi-scal
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from wsdet._checks import check_int
 from wsdet.attention.base import (
     AttentionMethod,
     AttentionUndefinedError,
     LayerSpec,
     Target,
+    check_channel,
     instrumented,
     register_method,
     select_target,
@@ -54,6 +56,7 @@ __all__ = [
     "check_identity",
     "discover_cam_layers",
     "fuse_with_intensity",
+    "scale_maps",
 ]
 
 
@@ -96,8 +99,6 @@ class CAM(AttentionMethod):
     torch.Size([2, 32, 32])
     """
 
-    needs_grad = False
-
     def __init__(
         self,
         model: nn.Module,
@@ -112,13 +113,17 @@ class CAM(AttentionMethod):
         self.features_spec = features
         self.head_spec = head
         self.fuse_intensity = bool(fuse_intensity)
-        self.fuse_channel = int(fuse_channel)
+        self.fuse_channel = check_int("fuse_channel", fuse_channel)
         self._layers: CAMLayers | None = None
 
     @property
     def layers(self) -> CAMLayers | None:
         """The resolved layers (``None`` until the first call)."""
         return self._layers
+
+    def fusion_image(self, x: Tensor) -> Tensor:
+        """The image channel ``fuse_channel`` of ``x`` (``ValueError`` if out of range)."""
+        return x[:, check_channel("fuse_channel", self.fuse_channel, x.shape[1])]
 
     def _discover(self, x: Tensor) -> CAMLayers:
         try:
@@ -197,6 +202,7 @@ class CAM(AttentionMethod):
         return ordered, weight[layers.row], b0, output
 
     def compute(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        image = self.fusion_image(x) if self.fuse_intensity else None
         if self._layers is None:
             with torch.inference_mode(False):
                 self._layers = self._discover(x)
@@ -213,14 +219,7 @@ class CAM(AttentionMethod):
             size = x.shape[2:]
             maps = None
             means = torch.zeros_like(y, dtype=torch.float64)
-            j = 0
-            for f, scale in zip(feats, layers.scales, strict=True):
-                c = f.shape[1]
-                # Σ_k w_k f_k as one (K,) @ (B, K, S) product. torch.einsum (and matmul with
-                # a weight that requires grad) first copy f to (B, S, K): ~20-50x slower.
-                wk = w[j : j + c].detach().to(f.dtype)
-                j += c
-                m = torch.matmul(wk, f.flatten(2)).reshape(f.shape[0], *f.shape[2:])
+            for f, m, scale in zip(feats, scale_maps(w, feats), layers.scales, strict=True):
                 if scale != 1.0:
                     m = m * scale
                 means += m.flatten(1).double().mean(1)
@@ -237,9 +236,27 @@ class CAM(AttentionMethod):
             assert maps is not None
             what = f"features {[n for n, _ in layers.features]}, head {layers.head!r}"
             check_identity(means + float(bias), y, feats[0].dtype, what)
-            if self.fuse_intensity:
-                maps = fuse_with_intensity(maps, x[:, self.fuse_channel])
+            if image is not None:
+                maps = fuse_with_intensity(maps, image)
             return maps.to(x.dtype), y
+
+
+def scale_maps(weight: Tensor, feats: Sequence[Tensor]) -> list[Tensor]:
+    """``Σ_k w_k f_k`` per scale, at the scale's resolution: ``(B, *s)`` each.
+
+    ``weight`` is the head's weight row ``(K,)``, split across the scales' channels in
+    order (``K = Σ C_s``); ``feats`` the pooled feature maps ``(B, C_s, *s)``.
+    """
+    maps = []
+    j = 0
+    for f in feats:
+        c = f.shape[1]
+        # Σ_k w_k f_k as one (K,) @ (B, K, S) product. torch.einsum (and matmul with a
+        # weight that requires grad) first copy f to (B, S, K): ~20-50x slower.
+        wk = weight[j : j + c].detach().to(f.dtype)
+        j += c
+        maps.append(torch.matmul(wk, f.flatten(2)).reshape(f.shape[0], *f.shape[2:]))
+    return maps
 
 
 def check_identity(pred: Tensor, y: Tensor, dtype: torch.dtype, what: str) -> None:

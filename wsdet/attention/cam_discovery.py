@@ -19,16 +19,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from wsdet._modules import declared_layers
 from wsdet.attention.base import (
     AttentionUndefinedError,
     LayerSpec,
     Target,
     instrumented,
-    model_layers,
     resolve_module,
     select_target,
 )
-from wsdet.attention.pooling import ForwardWatch, PoolCall
+from wsdet.attention.pooling import ForwardWatch, PoolCall, tensor_version
 
 __all__ = [
     "CAMLayers",
@@ -159,7 +159,7 @@ def _watch(model: nn.Module, x: Tensor, explicit: Sequence[str]) -> _Seen:
         k = calls.get(mod, 0)
         calls[mod] = k + 1
         if isinstance(out, Tensor) and out.ndim == x.ndim and out.shape[0] == b:
-            made[id(out)] = (weakref.ref(out), names[mod], _version(out), k)
+            made[id(out)] = (weakref.ref(out), names[mod], tensor_version(out), k)
             order.append((names[mod], tuple(out.shape)))
             if names[mod] in wanted:
                 with torch._C.DisableTorchFunction():  # our own ops are not the model's
@@ -169,7 +169,7 @@ def _watch(model: nn.Module, x: Tensor, explicit: Sequence[str]) -> _Seen:
         entry = made.get(id(feats))
         label = near = None
         k = -1
-        if entry is not None and entry[0]() is feats and entry[2] == _version(feats):
+        if entry is not None and entry[0]() is feats and entry[2] == tensor_version(feats):
             label, k = entry[1], entry[3]
         else:
             near = next((n for n, s in reversed(order) if s == call.shape), None)
@@ -185,13 +185,6 @@ def _watch(model: nn.Module, x: Tensor, explicit: Sequence[str]) -> _Seen:
         with ForwardWatch(b, x.ndim, on_pool=on_pool, on_linear=on_linear):
             seen.output = model(x)
     return seen
-
-
-def _version(t: Tensor) -> int:
-    try:
-        return int(t._version)
-    except RuntimeError:  # inference tensors have no version counter
-        return -1
 
 
 def _linear_name(model: nn.Module, weight: Tensor, index: int) -> str:
@@ -249,7 +242,7 @@ def discover_cam_layers(
     ValueError
         When explicit ``head=`` or ``features=`` are wrong.
     """
-    named_layers = model_layers(model) if declared else {}
+    named_layers = declared_layers(model) if declared else {}
     if _is_auto(head) and "head" in named_layers:
         head = named_layers["head"]
     if _is_auto(features) and "features" in named_layers:

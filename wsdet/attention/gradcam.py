@@ -12,18 +12,19 @@ The cost is about one forward pass plus the backward pass of the layers above th
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from wsdet._checks import check_bool
+from wsdet._modules import declared_layers
 from wsdet.attention.base import (
     AttentionMethod,
     AttentionUndefinedError,
     LayerSpec,
     Target,
     instrumented,
-    model_layers,
     register_method,
     resolve_module,
     select_target,
@@ -32,7 +33,66 @@ from wsdet.attention.base import (
 from wsdet.attention.cam import discover_cam_layers
 from wsdet.attention.gradient import _differentiate, autograd_region
 
-__all__ = ["GradCAM", "discover_gradcam_layer"]
+__all__ = ["GradCAM", "LayerLeaves", "discover_gradcam_layer"]
+
+
+class LayerLeaves:
+    """Forward hook that makes a layer's output the start of autograd.
+
+    Each call's output is replaced by a clone of a leaf tensor that requires grad, and
+    grad mode is switched on: with the forward pass started under ``no_grad``, autograd
+    records only the layers after it. ``leaves`` holds the leaves, one per call of the
+    layer (and ``outputs`` the clones handed on, with ``keep_outputs``).
+
+    Parameters
+    ----------
+    name : str
+        The layer's dotted name, for the error message.
+    strict : bool
+        Raise ``TypeError`` when the layer returns something other than a tensor (else
+        leave that output alone).
+    keep_graph : bool
+        Keep an output that already requires grad (a later call of a layer whose earlier
+        output it depends on) as it is, rather than detaching it.
+    keep_outputs : bool
+        Also keep the clones handed on (they are otherwise freed with the graph).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        strict: bool = True,
+        keep_graph: bool = False,
+        keep_outputs: bool = False,
+    ) -> None:
+        self.name = name
+        self.strict = strict
+        self.keep_graph = keep_graph
+        self.keep_outputs = keep_outputs
+        self.leaves: list[Tensor] = []
+        self.outputs: list[Tensor] = []
+
+    def __call__(self, mod: nn.Module, inp: Any, out: Any) -> Tensor | None:
+        if not isinstance(out, Tensor):
+            if not self.strict:
+                return None
+            raise TypeError(
+                f"layer: {self.name!r} returned {type(out).__name__}; grad_cam needs a tensor "
+                "(B, C, *S)"
+            )
+        leaf = out if self.keep_graph and out.requires_grad else out.detach().requires_grad_()
+        torch.set_grad_enabled(True)
+        self.leaves.append(leaf)
+        made = leaf.clone()
+        if self.keep_outputs:
+            self.outputs.append(made)
+        return made
+
+    def clear(self) -> None:
+        """Forget the leaves and outputs of the previous forward pass."""
+        self.leaves.clear()
+        self.outputs.clear()
 
 
 def _last_spatial_module(model: nn.Module, x: Tensor) -> tuple[str, nn.Module, int]:
@@ -84,7 +144,7 @@ def discover_gradcam_layer(
     >>> discover_gradcam_layer(m, torch.rand(1, 1, 8, 8))[0]
     '1'
     """
-    declared = model_layers(model).get("gradcam")
+    declared = declared_layers(model).get("gradcam")
     if declared is not None:
         name, mod = resolve_module(model, declared, "wsdet_layers()['gradcam']")
         return name, mod, -1
@@ -106,10 +166,9 @@ class GradCAM(AttentionMethod):
     Parameters
     ----------
     model : torch.nn.Module
-        Any differentiable network taking ``(B, C, *S)``.
+        A differentiable network taking ``(B, C, *S)`` with a layer of feature maps.
     target : None, int or callable
-        The explained scalar per sample: the single output (default), a column of a
-        ``(B, K)`` output, or ``callable(output) -> (B,)``.
+        The explained scalar per sample (see :func:`~wsdet.attention.base.select_target`).
     layer : "auto", module or dotted name
         The layer whose output ``f`` (``(B, K, *s)``, same number of spatial dims as the
         input) is explained. ``"auto"`` (default) uses :func:`discover_gradcam_layer` on
@@ -126,16 +185,13 @@ class GradCAM(AttentionMethod):
 
     Examples
     --------
-    >>> import torch, wsdet
+    >>> import torch
     >>> from wsdet.models import BaseCNN
-    >>> det = wsdet.Detector(BaseCNN(dim=2), method="grad_cam")
-    >>> det.attention(torch.rand(2, 1, 16, 16)).shape
-    torch.Size([2, 16, 16])
-    >>> det.method.layer
-    'cat2'
+    >>> method = GradCAM(BaseCNN(dim=2))
+    >>> maps, y = method(torch.rand(2, 1, 16, 16))
+    >>> maps.shape, y.shape, method.layer
+    (torch.Size([2, 16, 16]), torch.Size([2]), 'cat2')
     """
-
-    needs_grad: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -146,9 +202,7 @@ class GradCAM(AttentionMethod):
         relu: bool = False,
     ) -> None:
         super().__init__(model, target=target)
-        if not isinstance(relu, bool):
-            raise TypeError(f"relu must be a bool, got {relu!r}")
-        self.relu = relu
+        self.relu = check_bool("relu", relu)
         self._layer: tuple[str, nn.Module, int] | None = None
         if not (isinstance(layer, str) and layer == "auto"):
             name, mod = resolve_module(self.model, layer, "layer")  # the unwrapped model
@@ -165,20 +219,9 @@ class GradCAM(AttentionMethod):
             self._layer = discover_gradcam_layer(self.model, x, self.target)
         name, module, call = self._layer
         b = x.shape[0]
-        leaves: list[Tensor] = []
-
-        def hook(mod: nn.Module, inp: Any, out: Any) -> Tensor:
-            if not isinstance(out, Tensor):
-                raise TypeError(
-                    f"layer: {name!r} returned {type(out).__name__}; grad_cam needs a tensor "
-                    "(B, C, *S)"
-                )
-            # Autograd starts here: the layers before it ran without recording a graph.
-            leaf = out if out.requires_grad else out.detach().requires_grad_()
-            torch.set_grad_enabled(True)
-            leaves.append(leaf)
-            return leaf.clone()
-
+        # Autograd starts at the layer: the layers before it run without recording a graph.
+        hook = LayerLeaves(name, keep_graph=True)
+        leaves = hook.leaves
         with instrumented(self.model) as ins, autograd_region(x) as xg:
             ins.forward_hook(module, hook)
             torch.set_grad_enabled(False)  # undone by the hook, and by autograd_region's exit

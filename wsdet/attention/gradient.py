@@ -24,21 +24,22 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
 
 from wsdet.attention.base import (
     AttentionMethod,
     Target,
+    check_channel,
     instrumented,
     register_method,
     select_target,
     warn_once,
 )
+from wsdet.attention.pooling import CallMode
 
 __all__ = ["ChannelReduce", "GuidedBackprop", "InputGradient", "reduce_channels"]
 
@@ -93,11 +94,7 @@ def reduce_channels(grad: Tensor, how: ChannelReduce = "sum") -> Tensor:
     how = check_channel_reduce(how)
     c = grad.shape[1]
     if isinstance(how, int):
-        if not -c <= how < c:
-            raise ValueError(
-                f"channel_reduce={how} is out of range for an input with {c} channel(s)"
-            )
-        return grad[:, how]
+        return grad[:, check_channel("channel_reduce", how, c)]
     if c == 1:
         return grad[:, 0]
     if how == "sum":
@@ -141,8 +138,7 @@ class InputGradient(AttentionMethod):
     model : torch.nn.Module
         Any differentiable network taking ``(B, C, *S)``.
     target : None, int or callable
-        The explained scalar per sample: the single output (default), a column of a
-        ``(B, K)`` output, or ``callable(output) -> (B,)``.
+        The explained scalar per sample (see :func:`~wsdet.attention.base.select_target`).
     channel_reduce : {"sum", "mean", "max_abs"} or int
         How multi-channel input gradients become one map (see :func:`reduce_channels`);
         default ``"sum"``.
@@ -156,14 +152,15 @@ class InputGradient(AttentionMethod):
 
     Examples
     --------
-    >>> import torch, wsdet
-    >>> from wsdet.models import BaseCNN
-    >>> det = wsdet.Detector(BaseCNN(dim=2), method="grad")
-    >>> det.attention(torch.rand(2, 1, 16, 16)).shape
-    torch.Size([2, 16, 16])
-    """
+    For ``y = w · mean(x) + b`` every voxel of a 4x4 image has ``∂y/∂x = w / 16``:
 
-    needs_grad: ClassVar[bool] = True
+    >>> import torch
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Conv2d(1, 1, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    >>> maps, y = InputGradient(net)(torch.rand(2, 1, 4, 4))
+    >>> maps.shape, bool(torch.allclose(maps, net[0].weight.detach() / 16))
+    (torch.Size([2, 4, 4]), True)
+    """
 
     def __init__(
         self, model: nn.Module, *, target: Target = None, channel_reduce: ChannelReduce = "sum"
@@ -210,7 +207,7 @@ def _guided_backward(grad: Tensor, out: Tensor) -> Tensor:
     return masked.relu_()
 
 
-class _GuidedReLUInplace(torch.autograd.Function):
+class _GuidedReLUInplace(_GuidedReLU):
     """In-place variant of :class:`_GuidedReLU` (``relu_``, ``ReLU(inplace=True)``)."""
 
     @staticmethod
@@ -219,11 +216,6 @@ class _GuidedReLUInplace(torch.autograd.Function):
         ctx.mark_dirty(x)
         ctx.save_for_backward(x)
         return x
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:
-        (out,) = ctx.saved_tensors
-        return _guided_backward(grad, out)
 
 
 def _relu_table() -> dict[Any, bool]:
@@ -301,21 +293,17 @@ def _lookup(table: dict[Any, Any], func: Callable[..., Any]) -> Any:
         return None
 
 
-class _GuideReLUs(TorchFunctionMode):
+class _GuideReLUs(CallMode):
     """Swap every ReLU call for the guided autograd function; note unguided activations."""
 
     def __init__(self) -> None:
         super().__init__()
         self.unguided: dict[str, None] = {}
 
-    def __torch_function__(
-        self,
-        func: Callable[..., Any],
-        types: Any,
-        args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
+    def on_call(
+        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        kwargs = {} if kwargs is None else kwargs
+        """Guide a ReLU call, note an unguided activation, run anything else as is."""
         inplace = _lookup(_RELU_FUNCS, func)
         if inplace is not None and args and isinstance(args[0], Tensor):
             if func is F.relu:

@@ -7,14 +7,14 @@ pass under ``torch.inference_mode``.
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import torch
 from torch import Tensor, nn
 
+from wsdet._checks import check_int
 from wsdet.attention.base import (
     AttentionMethod,
     Target,
+    check_channel,
     instrumented,
     register_method,
     select_target,
@@ -47,21 +47,13 @@ class Intensity(AttentionMethod):
     True
     """
 
-    needs_grad: ClassVar[bool] = False
-
     def __init__(self, model: nn.Module, *, target: Target = None, channel: int = 0) -> None:
         super().__init__(model, target=target)
-        if isinstance(channel, bool) or not isinstance(channel, int):
-            raise TypeError(f"channel must be an int channel index, got {channel!r}")
-        self.channel = channel
+        self.channel = check_int("channel", channel)
 
     def compute(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Return ``(x[:, channel] copy (B, *S), model output (B,))``."""
-        c = x.shape[1]
-        if not -c <= self.channel < c:
-            raise ValueError(
-                f"channel={self.channel} is out of range for an input with {c} channel(s)"
-            )
+        check_channel("channel", self.channel, x.shape[1])
         with instrumented(self.model), torch.inference_mode():
             y = select_target(self.model(x), self.target, x.shape[0])
         return x[:, self.channel].detach().clone(), y

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["ForwardWatch", "PoolCall"]
+__all__ = ["CallMode", "ForwardWatch", "PoolCall", "tensor_version"]
 
 
 @dataclass(frozen=True)
@@ -175,7 +175,35 @@ def _all_zero(value: Any) -> bool:
     return all(v == 0 for v in value)
 
 
-class ForwardWatch(TorchFunctionMode):
+def tensor_version(t: Tensor) -> int:
+    """``t``'s in-place version counter (``-1`` for inference tensors, which have none)."""
+    try:
+        return int(t._version)
+    except RuntimeError:  # inference tensors have no version counter
+        return -1
+
+
+class CallMode(TorchFunctionMode):
+    """A :class:`~torch.overrides.TorchFunctionMode` that hands every torch call of the
+    block to :meth:`on_call` (with ``kwargs`` always a dict), which returns its result."""
+
+    def on_call(
+        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """Run (or replace) ``func(*args, **kwargs)``; subclasses observe or substitute."""
+        return func(*args, **kwargs)
+
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        return self.on_call(func, args, {} if kwargs is None else kwargs)
+
+
+class ForwardWatch(CallMode):
     """Report global poolings and linear calls of the forward pass run inside it.
 
     Parameters
@@ -224,14 +252,10 @@ class ForwardWatch(TorchFunctionMode):
             return src if src is not None else t.reshape(entry[2])
         return t
 
-    def __torch_function__(
-        self,
-        func: Callable[..., Any],
-        types: Any,
-        args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
+    def on_call(
+        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        kwargs = {} if kwargs is None else kwargs
+        """Run the call; report it when it is a global pooling or a linear layer."""
         result = func(*args, **kwargs)
         if isinstance(result, Tensor):
             out = result

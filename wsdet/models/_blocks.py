@@ -8,11 +8,14 @@ can be attached to it by dotted name.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from wsdet._checks import check_choice, check_int
+from wsdet.models.init import init_weights
 
 __all__ = [
     "AttentionGate",
@@ -31,16 +34,9 @@ _LINEAR_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
 
 def _check_dim(dim: object) -> int:
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim not in (2, 3):
-        raise ValueError(f"dim must be 2 or 3; got {dim!r}")
-    return dim
-
-
-def _check_positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int; got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive integer; got {value}")
+    """``dim`` as an int, 2 or 3 (the number of spatial dimensions)."""
+    value = check_int("dim", dim)
+    check_choice("dim", value, (2, 3))
     return value
 
 
@@ -79,10 +75,13 @@ def conv_nd(
     Conv3d(1, 4, kernel_size=(3, 3, 3), stride=(1, 1, 1), padding=(1, 1, 1))
     """
     dim = _check_dim(dim)
-    _check_positive_int(in_channels, "in_channels")
-    _check_positive_int(out_channels, "out_channels")
-    _check_positive_int(kernel_size, "kernel_size")
-    _check_positive_int(stride, "stride")
+    for name, value in (
+        ("in_channels", in_channels),
+        ("out_channels", out_channels),
+        ("kernel_size", kernel_size),
+        ("stride", stride),
+    ):
+        check_int(name, value, minimum=1)
     padding = kernel_size // 2 if kernel_size % 2 == 1 else 0
     cls = nn.Conv2d if dim == 2 else nn.Conv3d
     return cls(
@@ -116,7 +115,7 @@ def max_pool_nd(dim: int, kernel_size: int = 2) -> nn.MaxPool2d | nn.MaxPool3d:
     torch.Size([1, 1, 2, 2])
     """
     dim = _check_dim(dim)
-    _check_positive_int(kernel_size, "kernel_size")
+    check_int("kernel_size", kernel_size, minimum=1)
     return nn.MaxPool2d(kernel_size) if dim == 2 else nn.MaxPool3d(kernel_size)
 
 
@@ -175,9 +174,7 @@ class Concat(nn.Module):
 
     def __init__(self, dim: int = 1) -> None:
         super().__init__()
-        if isinstance(dim, bool) or not isinstance(dim, int):
-            raise TypeError(f"dim must be an int; got {type(dim).__name__}")
-        self.dim = dim
+        self.dim = check_int("dim", dim)
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
         """Concatenate ``tensors`` along ``self.dim``."""
@@ -335,16 +332,52 @@ class AttentionGate(nn.Module):
 
 
 class _CountingNet(nn.Module):
-    """Common validation for the reference counting networks (not public)."""
+    """Base of the reference counting networks (not public).
+
+    Validates ``dim``, ``in_channels`` and ``width``, lets the subclass register its layers
+    (:meth:`_build`, in the order that fixes the state-dict keys and the random draws), then
+    initialises the weights. :meth:`forward` checks the input, and maps the globally pooled
+    vector of :meth:`_pooled` through the linear ``head`` to one scalar per sample.
+    Subclasses name their layers for attention methods through the class attributes
+    ``_features`` and ``_gradcam`` (see :class:`wsdet._modules.WsdetLayers`).
+    """
 
     #: number of 2x poolings on the deepest path; inputs need 2**n_pools voxels per axis.
     n_pools: int = 1
+    #: modules whose outputs are globally pooled, in head-input order.
+    _features: ClassVar[tuple[str, ...]] = ()
+    #: the Grad-CAM layer.
+    _gradcam: ClassVar[str] = ""
 
-    def __init__(self, dim: int, in_channels: int, width: int | None) -> None:
-        super().__init__()
+    head: nn.Linear
+
+    def __init__(
+        self,
+        dim: int,
+        in_channels: int = 1,
+        width: int | None = None,
+        init: str = "default",
+    ) -> None:
+        self._setup(dim, in_channels, width)
+        self._build()
+        init_weights(self, init)
+
+    def _setup(self, dim: int, in_channels: int, width: int | None) -> None:
+        """Initialise the module and store the validated sizes (before any layer exists)."""
+        nn.Module.__init__(self)
         self.dim = _check_dim(dim)
-        self.in_channels = _check_positive_int(in_channels, "in_channels")
-        self.width = _DEFAULT_WIDTH[dim] if width is None else _check_positive_int(width, "width")
+        self.in_channels = check_int("in_channels", in_channels, minimum=1)
+        self.width = (
+            _DEFAULT_WIDTH[self.dim] if width is None else check_int("width", width, minimum=1)
+        )
+
+    def _build(self) -> None:
+        """Register the layers (subclasses)."""
+        raise NotImplementedError
+
+    def _pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """The head's input ``(B, K)`` for a validated input ``x`` (subclasses)."""
+        raise NotImplementedError
 
     def _check_input(self, x: torch.Tensor) -> None:
         if not isinstance(x, torch.Tensor):
@@ -365,6 +398,59 @@ class _CountingNet(nn.Module):
                 f"{self.n_pools} time(s)); got spatial shape {tuple(x.shape[2:])}"
             )
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Predict one scalar (count) per sample.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Input of shape (B, in_channels, *S), every spatial size >= ``2**n_pools``.
+
+        Returns
+        -------
+        torch.Tensor
+            Shape (B,).
+        """
+        self._check_input(x)
+        out: torch.Tensor = self.head(self._pooled(x))
+        return out.squeeze(-1)
+
     def wsdet_layers(self) -> dict[str, str | list[str]]:
-        """Dotted names of the layers attention methods need (see subclasses)."""
-        raise NotImplementedError
+        """Return the dotted names attention methods need.
+
+        Returns
+        -------
+        dict
+            ``"head"``: the final linear layer; ``"features"``: modules whose outputs are
+            globally pooled, in head-input order; ``"gradcam"``: the Grad-CAM layer (see
+            the class's description). A fresh dict each call.
+        """
+        return {"head": "head", "features": list(self._features), "gradcam": self._gradcam}
+
+
+class _ResidualEncoderNet(_CountingNet):
+    """A counting network on GP-Unet's two-scale encoder with input concatenations.
+
+    :meth:`_build_encoder` registers ``conv1``, ``conv2``, ``cat1`` (the input and the
+    first-scale features), ``pool``, ``conv3``, ``conv4`` and ``cat2`` (the pooled ``cat1``
+    and the second-scale features), as tabulated in :class:`~wsdet.models.GPUnet`;
+    :meth:`_encode` returns the outputs of ``cat1`` (``c + w`` maps at full resolution)
+    and ``cat2`` (``c + 3w`` maps at half resolution).
+    """
+
+    def _build_encoder(self) -> None:
+        dim, c, w = self.dim, self.in_channels, self.width
+        self.conv1 = ConvReLU(dim, c, w)
+        self.conv2 = ConvReLU(dim, w, w)
+        self.cat1 = Concat()
+        self.pool = max_pool_nd(dim)
+        self.conv3 = ConvReLU(dim, c + w, 2 * w)
+        self.conv4 = ConvReLU(dim, 2 * w, 2 * w)
+        self.cat2 = Concat()
+
+    def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(cat1, cat2)``: full-resolution ``c + w`` and half-resolution ``c + 3w`` maps."""
+        high = self.cat1(x, self.conv2(self.conv1(x)))
+        p = self.pool(high)
+        low = self.cat2(p, self.conv4(self.conv3(p)))
+        return high, low

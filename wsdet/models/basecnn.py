@@ -5,13 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from wsdet.models._blocks import Concat, ConvReLU, GlobalAvgPool, _CountingNet, max_pool_nd
-from wsdet.models.init import init_weights
+from wsdet.models._blocks import GlobalAvgPool, _ResidualEncoderNet
 
 __all__ = ["BaseCNN"]
 
 
-class BaseCNN(_CountingNet):
+class BaseCNN(_ResidualEncoderNet):
     """Base CNN: GP-Unet's encoder, globally pooled at half resolution.
 
     With ``w = width``, ``c = in_channels`` and ``S`` the input spatial size::
@@ -54,54 +53,16 @@ class BaseCNN(_CountingNet):
     """
 
     n_pools = 1
+    _features = ("cat2",)
+    _gradcam = "cat2"
 
-    def __init__(
-        self,
-        dim: int,
-        in_channels: int = 1,
-        width: int | None = None,
-        init: str = "default",
-    ) -> None:
-        super().__init__(dim, in_channels, width)
+    def _build(self) -> None:
         c, w = self.in_channels, self.width
-        self.conv1 = ConvReLU(dim, c, w)
-        self.conv2 = ConvReLU(dim, w, w)
-        self.cat1 = Concat()
-        self.pool = max_pool_nd(dim)
-        self.conv3 = ConvReLU(dim, c + w, 2 * w)
-        self.conv4 = ConvReLU(dim, 2 * w, 2 * w)
-        self.cat2 = Concat()
+        self._build_encoder()
         self.gap = GlobalAvgPool()
         self.head = nn.Linear(c + 3 * w, 1)
-        init_weights(self, init)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Predict one scalar (count) per sample.
-
-        Parameters
-        ----------
-        x : torch.Tensor
-            Input of shape (B, in_channels, *S), every spatial size >= 2.
-
-        Returns
-        -------
-        torch.Tensor
-            Shape (B,).
-        """
-        self._check_input(x)
-        p = self.pool(self.cat1(x, self.conv2(self.conv1(x))))
-        low = self.cat2(p, self.conv4(self.conv3(p)))
-        out: torch.Tensor = self.head(self.gap(low))
-        return out.squeeze(-1)
-
-    def wsdet_layers(self) -> dict[str, str | list[str]]:
-        """Return the dotted names attention methods need.
-
-        Returns
-        -------
-        dict
-            ``"head"``: the final linear layer; ``"features"``: modules whose outputs are
-            globally pooled, in head-input order; ``"gradcam"``: the last feature maps (the
-            half-resolution concatenation).
-        """
-        return {"head": "head", "features": ["cat2"], "gradcam": "cat2"}
+    def _pooled(self, x: torch.Tensor) -> torch.Tensor:
+        _, low = self._encode(x)
+        pooled: torch.Tensor = self.gap(low)
+        return pooled

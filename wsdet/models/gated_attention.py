@@ -5,21 +5,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from wsdet._checks import check_int
 from wsdet.models._blocks import (
     AttentionGate,
     Concat,
-    ConvReLU,
     GlobalAvgPool,
-    _check_positive_int,
-    _CountingNet,
-    max_pool_nd,
+    _ResidualEncoderNet,
 )
 from wsdet.models.init import init_weights
 
 __all__ = ["GatedAttentionNet"]
 
 
-class GatedAttentionNet(_CountingNet):
+class GatedAttentionNet(_ResidualEncoderNet):
     """GP-Unet whose two scales are merged by an additive attention gate, pooled at both scales.
 
     With ``w = width``, ``c = in_channels``, ``m = inter_channels`` and ``S`` the input
@@ -93,6 +91,8 @@ class GatedAttentionNet(_CountingNet):
     """
 
     n_pools = 1
+    _features = ("gate", "cat2")
+    _gradcam = "gate"
 
     def __init__(
         self,
@@ -102,53 +102,28 @@ class GatedAttentionNet(_CountingNet):
         init: str = "default",
         inter_channels: int | None = None,
     ) -> None:
-        super().__init__(dim, in_channels, width)
-        c, w = self.in_channels, self.width
-        m = w if inter_channels is None else _check_positive_int(inter_channels, "inter_channels")
-        self.inter_channels = m
-        self.conv1 = ConvReLU(dim, c, w)
-        self.conv2 = ConvReLU(dim, w, w)
-        self.cat1 = Concat()
-        self.pool = max_pool_nd(dim)
-        self.conv3 = ConvReLU(dim, c + w, 2 * w)
-        self.conv4 = ConvReLU(dim, 2 * w, 2 * w)
-        self.cat2 = Concat()
-        self.gate = AttentionGate(dim, x_channels=c + w, g_channels=c + 3 * w, inter_channels=m)
+        self._setup(dim, in_channels, width)
+        self.inter_channels = (
+            self.width
+            if inter_channels is None
+            else check_int("inter_channels", inter_channels, minimum=1)
+        )
+        self._build()
+        init_weights(self, init)
+
+    def _build(self) -> None:
+        c, w, m = self.in_channels, self.width, self.inter_channels
+        self._build_encoder()
+        self.gate = AttentionGate(
+            self.dim, x_channels=c + w, g_channels=c + 3 * w, inter_channels=m
+        )
         self.gap_high = GlobalAvgPool()
         self.gap_low = GlobalAvgPool()
         self.cat_pool = Concat()
         self.head = nn.Linear(2 * c + 4 * w, 1)
-        init_weights(self, init)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Predict one scalar (count) per sample.
-
-        Parameters
-        ----------
-        x : torch.Tensor
-            Input of shape (B, in_channels, *S), every spatial size >= 2.
-
-        Returns
-        -------
-        torch.Tensor
-            Shape (B,).
-        """
-        self._check_input(x)
-        high = self.cat1(x, self.conv2(self.conv1(x)))
-        p = self.pool(high)
-        low = self.cat2(p, self.conv4(self.conv3(p)))
+    def _pooled(self, x: torch.Tensor) -> torch.Tensor:
+        high, low = self._encode(x)
         gated = self.gate(high, low)
-        pooled = self.cat_pool(self.gap_high(gated), self.gap_low(low))
-        out: torch.Tensor = self.head(pooled)
-        return out.squeeze(-1)
-
-    def wsdet_layers(self) -> dict[str, str | list[str]]:
-        """Return the dotted names attention methods need.
-
-        Returns
-        -------
-        dict
-            ``"head"``: the final linear layer; ``"features"``: the gated full-resolution maps
-            and the half-resolution maps, in head-input order; ``"gradcam"``: the gated maps.
-        """
-        return {"head": "head", "features": ["gate", "cat2"], "gradcam": "gate"}
+        pooled: torch.Tensor = self.cat_pool(self.gap_high(gated), self.gap_low(low))
+        return pooled

@@ -10,15 +10,13 @@ from wsdet.models._blocks import (
     ConvReLU,
     GlobalAvgPool,
     UpsampleTo,
-    _CountingNet,
-    max_pool_nd,
+    _ResidualEncoderNet,
 )
-from wsdet.models.init import init_weights
 
 __all__ = ["GPUnet"]
 
 
-class GPUnet(_CountingNet):
+class GPUnet(_ResidualEncoderNet):
     """GP-Unet: a one-level U-Net with residual concatenations, GAP and a linear head.
 
     With ``w = width``, ``c = in_channels`` and ``S`` the input spatial size::
@@ -64,58 +62,20 @@ class GPUnet(_CountingNet):
     """
 
     n_pools = 1
+    _features = ("conv5",)
+    _gradcam = "conv5"
 
-    def __init__(
-        self,
-        dim: int,
-        in_channels: int = 1,
-        width: int | None = None,
-        init: str = "default",
-    ) -> None:
-        super().__init__(dim, in_channels, width)
-        c, w = self.in_channels, self.width
-        self.conv1 = ConvReLU(dim, c, w)
-        self.conv2 = ConvReLU(dim, w, w)
-        self.cat1 = Concat()
-        self.pool = max_pool_nd(dim)
-        self.conv3 = ConvReLU(dim, c + w, 2 * w)
-        self.conv4 = ConvReLU(dim, 2 * w, 2 * w)
-        self.cat2 = Concat()
+    def _build(self) -> None:
+        dim, c, w = self.dim, self.in_channels, self.width
+        self._build_encoder()
         self.up = UpsampleTo("nearest")
         self.cat3 = Concat()
         self.conv5 = ConvReLU(dim, 2 * c + 4 * w, w)
         self.gap = GlobalAvgPool()
         self.head = nn.Linear(w, 1)
-        init_weights(self, init)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Predict one scalar (count) per sample.
-
-        Parameters
-        ----------
-        x : torch.Tensor
-            Input of shape (B, in_channels, *S), every spatial size >= 2.
-
-        Returns
-        -------
-        torch.Tensor
-            Shape (B,).
-        """
-        self._check_input(x)
-        skip = self.cat1(x, self.conv2(self.conv1(x)))
-        p = self.pool(skip)
-        low = self.cat2(p, self.conv4(self.conv3(p)))
+    def _pooled(self, x: torch.Tensor) -> torch.Tensor:
+        skip, low = self._encode(x)
         merged = self.cat3(skip, self.up(low, skip))
-        out: torch.Tensor = self.head(self.gap(self.conv5(merged)))
-        return out.squeeze(-1)
-
-    def wsdet_layers(self) -> dict[str, str | list[str]]:
-        """Return the dotted names attention methods need.
-
-        Returns
-        -------
-        dict
-            ``"head"``: the final linear layer; ``"features"``: modules whose outputs are
-            globally pooled, in head-input order; ``"gradcam"``: the last feature maps.
-        """
-        return {"head": "head", "features": ["conv5"], "gradcam": "conv5"}
+        pooled: torch.Tensor = self.gap(self.conv5(merged))
+        return pooled

@@ -13,7 +13,6 @@ from wsdet.models._blocks import (
     _CountingNet,
     max_pool_nd,
 )
-from wsdet.models.init import init_weights
 
 __all__ = ["GPUnetNoResidual"]
 
@@ -66,16 +65,11 @@ class GPUnetNoResidual(_CountingNet):
     """
 
     n_pools = 2
+    _features = ("conv7",)
+    _gradcam = "conv7"
 
-    def __init__(
-        self,
-        dim: int,
-        in_channels: int = 1,
-        width: int | None = None,
-        init: str = "default",
-    ) -> None:
-        super().__init__(dim, in_channels, width)
-        c, w = self.in_channels, self.width
+    def _build(self) -> None:
+        dim, c, w = self.dim, self.in_channels, self.width
         self.conv1 = ConvReLU(dim, c, w)
         self.conv2 = ConvReLU(dim, w, w)
         self.pool1 = max_pool_nd(dim)
@@ -91,37 +85,12 @@ class GPUnetNoResidual(_CountingNet):
         self.conv7 = ConvReLU(dim, 3 * w, w)
         self.gap = GlobalAvgPool()
         self.head = nn.Linear(w, 1)
-        init_weights(self, init)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Predict one scalar (count) per sample.
-
-        Parameters
-        ----------
-        x : torch.Tensor
-            Input of shape (B, in_channels, *S), every spatial size >= 4.
-
-        Returns
-        -------
-        torch.Tensor
-            Shape (B,).
-        """
-        self._check_input(x)
+    def _pooled(self, x: torch.Tensor) -> torch.Tensor:
         f1 = self.conv2(self.conv1(x))
         f2 = self.conv4(self.conv3(self.pool1(f1)))
         f3 = self.conv5(self.pool2(f2))
         d2 = self.conv6(self.cat1(f2, self.up1(f3, f2)))
         d1 = self.conv7(self.cat2(f1, self.up2(d2, f1)))
-        out: torch.Tensor = self.head(self.gap(d1))
-        return out.squeeze(-1)
-
-    def wsdet_layers(self) -> dict[str, str | list[str]]:
-        """Return the dotted names attention methods need.
-
-        Returns
-        -------
-        dict
-            ``"head"``: the final linear layer; ``"features"``: modules whose outputs are
-            globally pooled, in head-input order; ``"gradcam"``: the last feature maps.
-        """
-        return {"head": "head", "features": ["conv7"], "gradcam": "conv7"}
+        pooled: torch.Tensor = self.gap(d1)
+        return pooled

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
+
+from wsdet._checks import check_choice, check_float
 
 __all__ = ["INIT_SCHEMES", "init_weights"]
 
@@ -62,12 +62,8 @@ def init_weights(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
-    if not isinstance(scheme, str) or scheme not in INIT_SCHEMES:
-        raise ValueError(f"scheme must be one of {INIT_SCHEMES}; got {scheme!r}")
-    if isinstance(std, bool) or not isinstance(std, (int, float)):
-        raise TypeError(f"std must be a float; got {type(std).__name__}")
-    if not math.isfinite(std) or std <= 0:
-        raise ValueError(f"std must be a positive finite number; got {std}")
+    check_choice("scheme", scheme, INIT_SCHEMES)
+    std = check_float("std", std, positive=True)
     if scheme != "keras" and std != 0.05:
         raise ValueError(f"std is only used by scheme='keras'; got std={std} with {scheme!r}")
     if generator is not None and not isinstance(generator, torch.Generator):
