@@ -10,7 +10,8 @@ The pipeline, per the paper (Section 3.7) and ``docs/metrics.md``:
    :func:`sensitivity_at_fp`, :func:`froc_score`, :func:`operating_point`;
 4. bootstrap images for standard deviations and comparisons (:func:`bootstrap`,
    :func:`paired_bootstrap`), or images and the objects their targets show when objects
-   repeat across images (:func:`two_way_bootstrap`, :func:`two_way_paired_bootstrap`).
+   repeat across images (:func:`two_way_bootstrap`, :func:`two_way_paired_bootstrap`);
+   compare methods across training seeds (:func:`compare_seeds`).
 
 :func:`evaluate` does all of it in one call and returns a printable report that keeps the
 per-image matches (``report.matches``); :class:`Evaluation` is the same fed batch by batch,
@@ -56,6 +57,7 @@ from wsdet.metrics.report import (
     round_half_up,
     top_n,
 )
+from wsdet.metrics.seeds import SeedComparison, compare_seeds
 from wsdet.metrics.slices import SliceDetections, detect_on_slice, middle_slice
 from wsdet.metrics.specs import FROCSpec, MatchSpec
 from wsdet.metrics.two_way import two_way_bootstrap, two_way_paired_bootstrap, two_way_weights
@@ -74,11 +76,13 @@ __all__ = [
     "MatchSpec",
     "OperatingPoint",
     "PairedBootstrapResult",
+    "SeedComparison",
     "SliceDetections",
     "TruncatedDetectionsWarning",
     "bootstrap",
     "bootstrap_weights",
     "compare_annotations",
+    "compare_seeds",
     "detect_on_slice",
     "evaluate",
     "fauc",
