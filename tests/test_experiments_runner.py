@@ -234,12 +234,17 @@ def test_seed_table_labels_restarted_runs_with_their_true_seeds() -> None:
         "fauc_by_seed": {
             "gp_unet_no_residual-regression": {"0": 0.972, "100": 0.684, "200": 0.977},
             "gp_unet-classification": {"0": 0.924, "100": 0.904, "200": 0.865},
+            "gp_unet_no_residual-classification": {"0": 0.950, "100": 0.938, "200": 0.929},
         },
     }
     rows = _seed_table(results)
     nr = next(r for r in rows if r.startswith("| GP-Unet no residual |"))
     # mean (97.2 + 68.4 + 97.7) / 3 = 87.77; sd sqrt((9.43² + 19.37² + 9.93²) / 2) = 16.77
     assert nr.startswith("| GP-Unet no residual | 97.2 (seed 1) / 68.4 / 97.7 | 87.8 ± 16.8 |")
+    # seed-level test, by hand: differences +2.2, -25.4, +4.8 (x100): mean -6.13, sd 16.74,
+    # t(0.975, 2) = 4.303: half-width 4.303 * 16.74 / sqrt(3) = 41.6; every sign flip gives
+    # |mean| >= 18.4 / 3, so the permutation p is 1 (its floor with 3 seeds is 0.25)
+    assert nr.endswith("| 2 of 3 | -6.1 (-47.7 to +35.4), p 1 (≥ 0.25) |"), nr
     gp = next(r for r in rows if r.startswith("| GP-Unet |"))
     # mean (92.4 + 90.4 + 86.5) / 3 = 89.77; sd sqrt((2.63² + 0.63² + 3.27²) / 2) = 3.00
     assert "| 92.4 / 90.4 (seed 101) / 86.5 | 89.8 ± 3.0 |" in gp

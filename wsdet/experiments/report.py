@@ -16,6 +16,7 @@ import numpy as np
 from wsdet.experiments.common import METHOD_ARCHITECTURE, STUCK_FRACTION
 from wsdet.experiments.figures import DISPLAY, lesions_figures, mnist_figures
 from wsdet.experiments.keys import RunKey
+from wsdet.metrics import compare_seeds
 
 __all__ = ["lesions_figures", "lesions_markdown", "mnist_figures", "mnist_markdown"]
 
@@ -93,6 +94,23 @@ def _mean_sd(vals: list[float | None]) -> str:
     return f"{100 * np.mean(got):.1f} ± {100 * np.std(got, ddof=1):.1f}"
 
 
+def _seed_test(a: list[float | None], b: list[float | None]) -> str:
+    """Mean paired difference ×100 across the seeds both have, its t-interval and the
+    exact sign-flip p-value (with its floor), or "—" for fewer than two seeds."""
+    ra: dict[str, float] = {}
+    rb: dict[str, float] = {}
+    for i, (x, y) in enumerate(zip(a, b, strict=True)):
+        if x is not None and y is not None:
+            ra[str(i)], rb[str(i)] = x, y
+    if len(ra) < 2:
+        return "—"
+    r = compare_seeds(ra, rb)
+    return (
+        f"{100 * r.mean:+.1f} ({100 * r.ci[0]:+.1f} to {100 * r.ci[1]:+.1f}), "
+        f"p {r.p_value:.2g} (≥ {r.min_p_value:.2g})"
+    )
+
+
 def _seed_table(results: dict[str, Any]) -> list[str]:
     """FAUC of every method and objective per training seed, mean ± sd over the seeds, and
     in how many seeds regression beat classification. A network restarted off the plateau
@@ -108,8 +126,9 @@ def _seed_table(results: dict[str, Any]) -> list[str]:
         f"({', '.join(map(str, seeds))}), mean ± sd over the seeds:",
         "",
         "| method | regression | mean ± sd | classification | mean ± sd "
-        "| seeds where regression > classification |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| seeds where regression > classification | regression − classification, "
+        "95% t-CI, permutation p |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     restarted = False
     for method in results["config"]["methods"]:
@@ -121,7 +140,8 @@ def _seed_table(results: dict[str, Any]) -> list[str]:
         wins = f"{sum(a > b for a, b in both)} of {len(both)}" if both else "—"
         out.append(
             f"| {DISPLAY[method]} | {' / '.join(r_texts)} | {_mean_sd(r_vals)} "
-            f"| {' / '.join(c_texts)} | {_mean_sd(c_vals)} | {wins} |"
+            f"| {' / '.join(c_texts)} | {_mean_sd(c_vals)} | {wins} "
+            f"| {_seed_test(r_vals, c_vals)} |"
         )
     if restarted:
         out += [
