@@ -38,5 +38,8 @@ from wsdet.data.phantoms.lesions import CountDistribution as CountDistribution
 from wsdet.data.phantoms.lesions import Distractors3D as Distractors3D
 from wsdet.data.phantoms.lesions import TargetKind as TargetKind
 from wsdet.data.phantoms.lesions import make_lesion_volumes
+from wsdet.data.phantoms.v2 import SETTINGS_V2 as SETTINGS_V2
+from wsdet.data.phantoms.v2 import PhantomSettingV2 as PhantomSettingV2
+from wsdet.data.phantoms.v2 import make_phantoms_v2 as make_phantoms_v2
 
 __all__ = ["PhantomSet", "make_lesion_volumes", "make_phantoms_2d"]
