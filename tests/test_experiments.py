@@ -501,9 +501,11 @@ def test_seed_table_from_hand_made_results():
     gp = next(r for r in rows if r.startswith("| GP-Unet |"))
     # mean 80.0, sample sd 10.0; classification mean 68.3, sd sqrt(((26.7)^2+...)/2)
     assert "| 90.0 / 80.0 / 70.0 | 80.0 ± 10.0 | 95.0 / 50.0 / 60.0 | 68.3 ± 23.6 |" in gp
-    assert gp.endswith("| 2 of 3 |")
+    # regression - classification: -5, +30, +10: mean +11.7, sd 17.6, t(0.975, 2) = 4.303,
+    # half-width 43.6; sign flips reaching |sum| >= 35: (35, 45) and their negations: p 4/8
+    assert gp.endswith("| 2 of 3 | +11.7 (-32.0 to +55.3), p 0.5 (≥ 0.25) |")
     grad = next(r for r in rows if r.startswith("| Grad |"))
-    assert grad == "| Grad | 30.0 / — / — | — | — / — / — | — | — |"
+    assert grad == "| Grad | 30.0 / — / — | — | — / — / — | — | — | — |"
     assert (
         _seed_table(
             {"config": {"methods": ["grad"]}, "fauc_by_seed": {"grad-regression": {"0": 0.3}}}

@@ -27,6 +27,7 @@ from wsdet.models import (
     init_weights,
 )
 from wsdet.models import _blocks as blocks_module
+from wsdet.models import base as base_module
 from wsdet.models import basecnn as basecnn_module
 from wsdet.models import gated_attention as gated_module
 from wsdet.models import gpunet as gpunet_module
@@ -681,6 +682,7 @@ def test_init_weights_validation() -> None:
     "module",
     [
         blocks_module,
+        base_module,
         basecnn_module,
         gated_module,
         gpunet_module,

@@ -130,6 +130,7 @@ def write_detections_csv(
     Returns
     -------
     pathlib.Path
+        ``path``, written atomically: readers never see a partial table.
 
     Examples
     --------
@@ -271,6 +272,7 @@ def write_markups(
     Returns
     -------
     pathlib.Path
+        ``path``, written atomically; :func:`read_markups` reads it back.
 
     Examples
     --------

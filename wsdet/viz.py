@@ -93,6 +93,16 @@ def _same_shape(name: str, a: np.ndarray, image: np.ndarray) -> None:
         )
 
 
+def _image_and_map(image: Any, amap: Any, ndim: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """``image`` and the optional ``amap`` as ``ndim``-D float arrays of the same shape."""
+    img = _array(image, "image", ndim)
+    if amap is None:
+        return img, None
+    m = _array(amap, "amap", ndim)
+    _same_shape("amap", m, img)
+    return img, m
+
+
 def _opacity(alpha: object) -> float:
     a = check_float("alpha", alpha, nonnegative=True)
     if a > 1:
@@ -176,10 +186,7 @@ def overlay(
     alpha = _opacity(alpha)
     colorbar = check_bool("colorbar", colorbar)
     _optional_str("title", title)
-    img = _np2d(image, "image")
-    m = None if amap is None else _np2d(amap, "amap")
-    if m is not None:
-        _same_shape("amap", m, img)
+    img, m = _image_and_map(image, amap, 2)
     g, p = _pts(gt, "gt"), _pts(points, "points")
     plt = _plt()
     if ax is None:

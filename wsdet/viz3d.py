@@ -7,7 +7,7 @@ sizes. matplotlib is imported lazily. Re-exported by :mod:`wsdet.viz`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 
@@ -15,23 +15,34 @@ from wsdet._checks import check_float
 from wsdet.viz import (
     _DETECTION_MARKS,
     _TARGET_MARKS,
-    _array,
+    _image_and_map,
     _mark,
     _opacity,
     _optional_str,
     _plt,
     _pts,
-    _same_shape,
     map_style,
 )
 
-__all__ = ["mip", "orthogonal_slices"]
+if TYPE_CHECKING:  # typing.Unpack is Python >= 3.11; annotations are not evaluated
+    from typing_extensions import Unpack
+
+__all__ = ["ViewOptions", "mip", "orthogonal_slices"]
 
 _PLANES = {0: "sagittal", 1: "coronal", 2: "axial"}  # named by the world axis held fixed
 
 
-def _np3d(a: Any, name: str) -> np.ndarray:
-    return _array(a, name, 3)
+class ViewOptions(TypedDict, total=False):
+    """The keyword arguments that :func:`orthogonal_slices` and :func:`mip` share."""
+
+    points: Any
+    targets: Any
+    spacing: Sequence[float] | None
+    affine: Any
+    alpha: float
+    cmap: str | None
+    title: str | None
+    panel_size: float
 
 
 def _pts3(p: Any, name: str) -> np.ndarray:
@@ -74,25 +85,24 @@ def _views(
     mode: str,
     image: Any,
     amap: Any,
-    point: Any,
-    points: Any,
-    targets: Any,
-    spacing: Any,
-    affine: Any,
-    slab: float,
-    alpha: float,
-    cmap: str | None,
-    title: str | None,
-    panel_size: float,
+    *,
+    point: Any = None,
+    slab: float = 1.0,
+    points: Any = None,
+    targets: Any = None,
+    spacing: Sequence[float] | None = None,
+    affine: Any = None,
+    alpha: float = 0.5,
+    cmap: str | None = None,
+    title: str | None = None,
+    panel_size: float = 3.2,
 ) -> Any:
+    """The three panels of :func:`orthogonal_slices` (``mode="slice"``) or :func:`mip`."""
     alpha = _opacity(alpha)
     slab = check_float("slab", slab, nonnegative=True)
     panel_size = check_float("panel_size", panel_size, positive=True)
     _optional_str("title", title)
-    img = _np3d(image, "image")
-    m = None if amap is None else _np3d(amap, "amap")
-    if m is not None:
-        _same_shape("amap", m, img)
+    img, m = _image_and_map(image, amap, 3)
     det, tgt = _pts3(points, "points"), _pts3(targets, "targets")
     sp, names = _geometry(spacing, affine)
     if point is None:
@@ -147,15 +157,8 @@ def orthogonal_slices(
     amap: Any = None,
     *,
     point: Any = None,
-    points: Any = None,
-    targets: Any = None,
-    spacing: Sequence[float] | None = None,
-    affine: Any = None,
     slab: float = 1.0,
-    alpha: float = 0.5,
-    cmap: str | None = None,
-    title: str | None = None,
-    panel_size: float = 3.2,
+    **options: Unpack[ViewOptions],
 ) -> Any:
     """Axial, coronal and sagittal slices of a volume through one point.
 
@@ -168,6 +171,8 @@ def orthogonal_slices(
     point : sequence of 3 float, optional
         Where the slices cross (voxel indices); default the top detection (``points[0]``),
         else the first target, else the centre.
+    slab : float, default 1.0
+        Half-thickness (voxels) of the slab whose markers a slice shows.
     points, targets : array_like, optional
         ``(k, 3)`` detections (red crosses) and targets (green circles), in voxel indices;
         drawn on a slice when within ``slab`` voxels of it.
@@ -175,10 +180,9 @@ def orthogonal_slices(
         Voxel sizes (mm) for the aspect, when there is no ``affine``.
     affine : array_like, optional
         The volume's 4x4 affine: gives the voxel sizes and the plane names.
-    slab : float
-        Half-thickness (voxels) of the slab whose markers a slice shows.
     alpha, cmap, title, panel_size
-        Map opacity and colormap, figure title, panel size in inches.
+        Map opacity (default 0.5) and colormap (default by the map's sign), figure title,
+        panel size in inches (default 3.2).
 
     Returns
     -------
@@ -187,54 +191,15 @@ def orthogonal_slices(
         map. Each panel shows the two other array axes, the lower-numbered one horizontal,
         with ``origin="lower"`` and aspect ``spacing[vertical] / spacing[horizontal]``.
     """
-    return _views(
-        "slice",
-        image,
-        amap,
-        point,
-        points,
-        targets,
-        spacing,
-        affine,
-        slab,
-        alpha,
-        cmap,
-        title,
-        panel_size,
-    )
+    return _views("slice", image, amap, point=point, slab=slab, **options)
 
 
-def mip(
-    image: Any,
-    amap: Any = None,
-    *,
-    points: Any = None,
-    targets: Any = None,
-    spacing: Sequence[float] | None = None,
-    affine: Any = None,
-    alpha: float = 0.5,
-    cmap: str | None = None,
-    title: str | None = None,
-    panel_size: float = 3.2,
-) -> Any:
+def mip(image: Any, amap: Any = None, **options: Unpack[ViewOptions]) -> Any:
     """Maximum-intensity projections of a volume along its three axes, all points marked.
 
-    As :func:`orthogonal_slices`, with each panel the maximum of the image along the
-    projected axis (an attention map shows its value of largest magnitude, sign kept), and
-    every detection and target drawn.
+    As :func:`orthogonal_slices` (the keyword arguments of :class:`ViewOptions`, without
+    ``point`` and ``slab``), with each panel the maximum of the image along the projected
+    axis (an attention map shows its value of largest magnitude, sign kept), and every
+    detection and target drawn.
     """
-    return _views(
-        "mip",
-        image,
-        amap,
-        None,
-        points,
-        targets,
-        spacing,
-        affine,
-        0.0,
-        alpha,
-        cmap,
-        title,
-        panel_size,
-    )
+    return _views("mip", image, amap, point=None, slab=0.0, **options)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Literal, TypeAlias, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypedDict, TypeVar, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -31,6 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from wsdet._checks import check_float, check_int
+
+if TYPE_CHECKING:  # typing.Unpack is Python >= 3.11; annotations are not evaluated
+    from typing_extensions import Unpack
 
 __all__ = ["RandomAffine", "apply_affine", "augment", "random_affine", "transform_points"]
 
@@ -314,33 +317,27 @@ def _generator(generator: torch.Generator | None, seed: int | None) -> torch.Gen
     return generator
 
 
+class AugmentOptions(TypedDict, total=False):
+    """The keyword arguments of :func:`augment` other than ``points``."""
+
+    generator: torch.Generator | None
+    seed: int | None
+    max_shift: float
+    max_rotation: float
+    flip: Flip
+    spacing: Sequence[float] | None
+    mode: Literal["bilinear", "nearest"]
+
+
 @overload
 def augment(
-    images: torch.Tensor,
-    *,
-    generator: torch.Generator | None = ...,
-    seed: int | None = ...,
-    max_shift: float = ...,
-    max_rotation: float = ...,
-    flip: Flip = ...,
-    spacing: Sequence[float] | None = ...,
-    mode: Literal["bilinear", "nearest"] = ...,
-    points: None = ...,
+    images: torch.Tensor, *, points: None = ..., **options: Unpack[AugmentOptions]
 ) -> torch.Tensor: ...
 
 
 @overload
 def augment(
-    images: torch.Tensor,
-    *,
-    generator: torch.Generator | None = ...,
-    seed: int | None = ...,
-    max_shift: float = ...,
-    max_rotation: float = ...,
-    flip: Flip = ...,
-    spacing: Sequence[float] | None = ...,
-    mode: Literal["bilinear", "nearest"] = ...,
-    points: Sequence[PointsT],
+    images: torch.Tensor, *, points: Sequence[PointsT], **options: Unpack[AugmentOptions]
 ) -> tuple[torch.Tensor, list[PointsT]]: ...
 
 

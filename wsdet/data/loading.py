@@ -223,8 +223,12 @@ class TrainInput:
         return torch.cat(flat)
 
     def _own(self, epoch: int, comm: Collective, batch_size: int) -> Batches:
-        """This process's samples of ``epoch`` (each once, no shuffling)."""
-        raise NotImplementedError
+        """This process's samples of ``epoch`` (each once, no shuffling).
+
+        By default the unordered :meth:`batches` of inputs of unknown length (iterables,
+        loaders), which each process reads as its own stream.
+        """
+        return self.batches(epoch, None, batch_size, False, 0)
 
     def batches(
         self, epoch: int, order: Tensor | None, batch_size: int, drop_last: bool, seed: int
@@ -419,9 +423,6 @@ class _Iterable(TrainInput):
             return (-1, *image.shape)
         raise ValueError(f"{self.name} iterable dataset yielded nothing")
 
-    def _own(self, epoch: int, comm: Collective, batch_size: int) -> Batches:
-        return self.batches(epoch, None, batch_size, False, 0)
-
     def batches(
         self, epoch: int, order: Tensor | None, batch_size: int, drop_last: bool, seed: int
     ) -> Iterator[tuple[Tensor, Tensor]]:
@@ -462,9 +463,6 @@ class _Loader(TrainInput):
         for batch in self.loader:
             return tuple(batch_images_counts(batch, f"{self.name} batch 0")[0].shape)
         raise ValueError(f"{self.name} DataLoader yielded no batch")
-
-    def _own(self, epoch: int, comm: Collective, batch_size: int) -> Batches:
-        return self.batches(epoch, None, batch_size, False, 0)
 
     def batches(
         self, epoch: int, order: Tensor | None, batch_size: int, drop_last: bool, seed: int

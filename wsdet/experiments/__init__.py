@@ -14,12 +14,13 @@ from wsdet.experiments.common import Store, TrainJob, config_key, train_all, tra
 from wsdet.experiments.keys import RunKey
 from wsdet.experiments.lesions import LesionStudyConfig, run_lesions
 from wsdet.experiments.mnist import MNISTStudyConfig, run_mnist
-from wsdet.experiments.runner import run_study
+from wsdet.experiments.runner import RunOptions, run_study
 
 __all__ = [
     "LesionStudyConfig",
     "MNISTStudyConfig",
     "RunKey",
+    "RunOptions",
     "Store",
     "TrainJob",
     "config_key",

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ from wsdet._io import atomic_write
 from wsdet.detection import Detections
 from wsdet.detector import Detector
 from wsdet.experiments.store import FolderLock, Store
+
+if TYPE_CHECKING:  # typing.Unpack and Required are Python >= 3.11; annotations are lazy
+    from typing_extensions import Required, Unpack
 
 __all__ = [
     "cached_detections",
@@ -35,13 +38,25 @@ __all__ = [
 ]
 
 
+#: The default NMS window of :func:`detect_all`.
+NMS_SIZE = 6
+
+
+class DetectOptions(TypedDict, total=False):
+    """How :func:`detect_all` detects: images per batch, NMS ``size``, Detector ``options``."""
+
+    batch_size: Required[int]
+    size: int
+    options: dict[str, Any] | None
+
+
 def detect_all(
     model: nn.Module,
     method: str,
     images: torch.Tensor,
     *,
     batch_size: int,
-    size: int = 6,
+    size: int = NMS_SIZE,
     options: dict[str, Any] | None = None,
 ) -> list[Detections]:
     """Every NMS candidate (``n="all"``, negatives clipped) of every image."""
@@ -121,16 +136,10 @@ def detect_cached(
     model: nn.Module,
     method: str,
     images: torch.Tensor,
-    *,
-    batch_size: int,
-    size: int = 6,
-    options: dict[str, Any] | None = None,
+    **detect: Unpack[DetectOptions],
 ) -> tuple[list[Detections], float]:
-    """Detections of ``method`` on ``images``, computed once and cached under ``key``."""
-    path = detections_path(store, name, key, method, size, options or {})
-    return cached_detections(
-        path,
-        lambda: detect_all(
-            model, method, images, batch_size=batch_size, size=size, options=options
-        ),
-    )
+    """Detections of ``method`` on ``images`` (:func:`detect_all` with the keyword arguments
+    ``batch_size``, ``size`` and ``options``), computed once and cached under ``key``."""
+    size, options = detect.get("size", NMS_SIZE), detect.get("options") or {}
+    path = detections_path(store, name, key, method, size, options)
+    return cached_detections(path, lambda: detect_all(model, method, images, **detect))

@@ -19,11 +19,11 @@ operating point at the rounded predicted count.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -39,9 +39,12 @@ from wsdet.experiments.detections import cached_detections, detect_all, detectio
 from wsdet.experiments.figures import lesion_example, lesions_figures
 from wsdet.experiments.keys import RunKey
 from wsdet.experiments.report import lesions_markdown
-from wsdet.experiments.runner import Maps, Plan, Run, TestSet, Trained, run_study
+from wsdet.experiments.runner import Maps, Plan, Run, RunOptions, TestSet, Trained, run_study
 from wsdet.metrics import detect_on_slice
 from wsdet.train import InitScheme, OptimizerName, TrainConfig
+
+if TYPE_CHECKING:  # typing.Unpack is Python >= 3.11; annotations are not evaluated
+    from typing_extensions import Unpack
 
 __all__ = ["SETTINGS", "LesionStudy", "LesionStudyConfig", "run_lesions"]
 
@@ -370,21 +373,12 @@ class LesionStudy:
 
 
 def run_lesions(
-    config: LesionStudyConfig,
-    out: PathLike,
-    *,
-    interim: bool = False,
-    train_only: Sequence[str] | None = None,
-    device: str | None = None,
+    config: LesionStudyConfig, out: PathLike, **options: Unpack[RunOptions]
 ) -> dict[str, Any]:
     """Run (or resume) the 3D study under ``out``; return the results as a dict.
 
-    Writes ``out/results.json``, ``out/report.md`` and figures ``out/*.png``.
-    ``interim=True`` trains nothing and reports the networks that have finished so far
-    (``results["missing"]`` lists the others; their methods show "—").
-    ``train_only``: train just the networks of these names (e.g. ``"midbrain-gpunet"``) and
-    return before any evaluation, writing nothing but their cache entries. ``device``:
-    where to train (e.g. ``"cuda"``); networks are evaluated on the CPU.
+    Writes ``out/results.json``, ``out/report.md`` and figures ``out/*.png``. The keyword
+    arguments ``interim``, ``train_only`` (network names such as ``"midbrain-gpunet"``) and
+    ``device`` are those of :func:`~wsdet.experiments.run_study`.
     """
-    study = LesionStudy(config)
-    return run_study(study, out, interim=interim, train_only=train_only, device=device)
+    return run_study(LesionStudy(config), out, **options)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -26,8 +26,11 @@ from wsdet.experiments.common import METHOD_ARCHITECTURE, Store, TrainJob, detec
 from wsdet.experiments.figures import FIG4_OBJECTIVES, mnist_examples, mnist_figures
 from wsdet.experiments.keys import RunKey
 from wsdet.experiments.report import mnist_markdown
-from wsdet.experiments.runner import Maps, Plan, Run, TestSet, Trained, run_study
+from wsdet.experiments.runner import Maps, Plan, Run, RunOptions, TestSet, Trained, run_study
 from wsdet.train import InitScheme, Objective, OptimizerName, Precision, TrainConfig
+
+if TYPE_CHECKING:  # typing.Unpack is Python >= 3.11; annotations are not evaluated
+    from typing_extensions import Unpack
 
 __all__ = ["MNISTStudy", "MNISTStudyConfig", "run_mnist"]
 
@@ -276,23 +279,13 @@ def _architectures(methods: Sequence[str]) -> list[str]:
 
 
 def run_mnist(
-    config: MNISTStudyConfig,
-    out: PathLike,
-    *,
-    interim: bool = False,
-    train_only: Sequence[str] | None = None,
-    device: str | None = None,
+    config: MNISTStudyConfig, out: PathLike, **options: Unpack[RunOptions]
 ) -> dict[str, Any]:
     """Run (or resume) the MNIST study under ``out``; return the results as a dict.
 
-    Writes ``out/results.json``, ``out/report.md`` and figures ``out/*.png``.
-    ``interim=True`` trains nothing and reports the networks that have finished so far
-    (``results["missing"]`` lists the others; their rows show "—"), for a look at a long
-    study while other processes train it; the full run overwrites these files.
-    ``train_only``: train just the networks of these names (e.g. ``"gpunet-classification"``,
-    ``"gpunet-regression-paper400"``) and return before any evaluation, writing nothing
-    but their cache entries (to train part of a study on another machine). ``device``:
-    where to train (e.g. ``"cuda"``); networks are evaluated on the CPU.
+    Writes ``out/results.json``, ``out/report.md`` and figures ``out/*.png``. The keyword
+    arguments ``interim``, ``train_only`` (network names such as
+    ``"gpunet-regression-paper400"``) and ``device`` are those of
+    :func:`~wsdet.experiments.run_study`.
     """
-    study = MNISTStudy(config)
-    return run_study(study, out, interim=interim, train_only=train_only, device=device)
+    return run_study(MNISTStudy(config), out, **options)

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypedDict
 
 import numpy as np
 import torch
@@ -39,7 +39,10 @@ from wsdet.metrics import (
     two_way_paired_bootstrap,
 )
 
-__all__ = ["Plan", "Run", "Study", "StudyConfig", "TestSet", "Trained", "run_study"]
+if TYPE_CHECKING:  # typing.Unpack is Python >= 3.11; annotations are not evaluated
+    pass
+
+__all__ = ["Plan", "Run", "RunOptions", "Study", "StudyConfig", "TestSet", "Trained", "run_study"]
 
 log = logging.getLogger("wsdet.experiments")
 
@@ -145,6 +148,14 @@ class Study(Protocol):
         ...
 
 
+class RunOptions(TypedDict, total=False):
+    """The keyword arguments of :func:`run_study`, passed on by the per-study runners."""
+
+    interim: bool
+    train_only: Sequence[str] | None
+    device: str | None
+
+
 def run_study(
     study: Study,
     out: PathLike,
@@ -157,8 +168,32 @@ def run_study(
 
     Trains every network of the plan (or loads it), then, unless ``train_only``, detects
     with every run, evaluates, compares, writes ``out/results.json`` and ``out/report.md``
-    (atomically) and the figures. ``interim``, ``train_only``, ``device``: see
-    :func:`~wsdet.experiments.run_mnist`.
+    (atomically) and the figures ``out/*.png``.
+    :func:`~wsdet.experiments.run_mnist` and :func:`~wsdet.experiments.run_lesions` pass
+    their keyword arguments (:class:`RunOptions`) on to this function.
+
+    Parameters
+    ----------
+    study : Study
+        What to train, detect, evaluate and report.
+    out : str or os.PathLike
+        The study's folder: its cache of trained networks and detections, and its results.
+    interim : bool, default False
+        Train nothing and report the networks that have finished so far
+        (``results["missing"]`` lists the others; their rows show "—"), for a look at a long
+        study while other processes train it; the full run overwrites these files.
+    train_only : sequence of str, optional
+        Train just the networks of these names (e.g. ``"gpunet-classification"``,
+        ``"midbrain-gpunet"``) and return before any evaluation, writing nothing but their
+        cache entries (to train part of a study on another machine).
+    device : str, optional
+        Where to train (e.g. ``"cuda"``); networks are evaluated on the CPU.
+
+    Returns
+    -------
+    dict
+        The results, as written to ``out/results.json``; with ``train_only``, only
+        ``"networks"`` and ``"missing"``.
     """
     cfg = study.config
     store = Store(out)

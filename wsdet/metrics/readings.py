@@ -1,9 +1,10 @@
 """Readings of a FROC curve: sensitivity at a false-positive budget, FROC score, FAUC,
 operating point.
 
-Every reading accepts a single curve (returning a float) or a stack of curves sharing their
-thresholds (returning one value per curve), and holds the curve flat beyond its last point
-unless ``extrapolate="nan"``.
+Every reading takes its ``curve`` from :func:`~wsdet.metrics.froc_curve`: a single curve
+(the reading is a float) or a stack of curves sharing their thresholds (the reading is an
+array, one value per curve). Readings hold the curve flat beyond its last point unless
+``extrapolate="nan"``.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def sensitivity_at_fp(curve: FROC[R], fp: float, interpolation: Interpolation = 
     Parameters
     ----------
     curve : FROC
-        From :func:`~wsdet.metrics.froc_curve`.
+        One curve or a stack (see the module).
     fp : float
         False positives per image, ``>= 0``.
     interpolation : {"linear", "step"}
@@ -82,11 +83,14 @@ def sensitivity_at_fp(curve: FROC[R], fp: float, interpolation: Interpolation = 
 
     Returns
     -------
-    float
-        (An array for a stack of curves.)
+    float or numpy.ndarray
+        The sensitivity, per curve for a stack.
 
     Examples
     --------
+    One true and one false positive, tied at 0.5: the step function jumps at one false
+    positive, the polyline rises linearly to it.
+
     >>> from wsdet.metrics import match_points, froc_curve
     >>> c = froc_curve([match_points([[0, 0], [9, 9]], [0.5, 0.5], [[0, 1]])])
     >>> sensitivity_at_fp(c, 0.5), sensitivity_at_fp(c, 0.5, "step")
@@ -110,7 +114,7 @@ def froc_score(
     Parameters
     ----------
     curve : FROC
-        From :func:`~wsdet.metrics.froc_curve`.
+        One curve or a stack (see the module).
     fps : sequence of float
         Budgets; default ``(1/4, 1/2, 1, 2, 4, 8)``; LUNA16's CPM uses
         :data:`LUNA16_FPS` ``(1/8, ..., 8)``.
@@ -119,15 +123,18 @@ def froc_score(
 
     Returns
     -------
-    float
-        (An array for a stack of curves.)
+    float or numpy.ndarray
+        The mean sensitivity over ``fps``, per curve for a stack.
 
     Examples
     --------
-    >>> from wsdet.metrics import match_points, froc_curve
-    >>> c = froc_curve([match_points([[0, 0], [9, 9]], [0.9, 0.5], [[0, 1]])])
-    >>> froc_score(c)
-    1.0
+    The true positive scores above the false one, so the sensitivity is 1 from zero false
+    positives on:
+
+    >>> from wsdet.metrics import LUNA16_FPS, froc_curve, match_points
+    >>> curve = froc_curve([match_points([[0, 0], [9, 9]], [0.9, 0.5], [[0, 1]])])
+    >>> froc_score(curve), froc_score(curve, LUNA16_FPS, "step")
+    (1.0, 1.0)
     """
     _check_curve(curve)
     values = [np.asarray(sensitivity_at_fp(curve, f, interpolation)) for f in fps]
@@ -156,7 +163,7 @@ def fauc(
     Parameters
     ----------
     curve : FROC
-        From :func:`~wsdet.metrics.froc_curve`.
+        One curve or a stack (see the module).
     max_fp : float
         Upper limit ``F > 0``.
     interpolation : {"linear", "step"}
@@ -168,15 +175,22 @@ def fauc(
 
     Returns
     -------
-    float
-        (An array for a stack of curves.)
+    float or numpy.ndarray
+        The area (or mean sensitivity, normalised), per curve for a stack.
 
     Examples
     --------
-    >>> from wsdet.metrics import match_points, froc_curve
-    >>> c = froc_curve([match_points([[0, 0], [9, 9]], [0.5, 0.5], [[0, 1]])])
-    >>> fauc(c, 2.0), fauc(c, 2.0, "step")
+    The polyline from ``(0, 0)`` to ``(1, 1)``, flat after, has area ``1/2 + 1`` up to
+    ``F = 2`` (``0.75`` once divided by ``F``); the step function is 0 below one false
+    positive and 1 from there on (area 1). The curve ends at one false positive, so
+    ``extrapolate="nan"`` gives ``nan`` for ``F = 2``:
+
+    >>> from wsdet.metrics import froc_curve, match_points
+    >>> tied = match_points([[0, 0], [9, 9]], [0.5, 0.5], [[0, 1]])
+    >>> fauc(froc_curve([tied]), 2.0), fauc(froc_curve([tied]), 2.0, "step")
     (0.75, 0.5)
+    >>> fauc(froc_curve([tied]), 2.0, extrapolate="nan")
+    nan
     """
     _check_curve(curve, interpolation)
     check_choice("extrapolate", extrapolate, ("flat", "nan"))

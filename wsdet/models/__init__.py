@@ -2,7 +2,8 @@
 
 ``GPUnet`` (A), ``GatedAttentionNet`` (B), ``BaseCNN`` (C) and ``GPUnetNoResidual`` (D). Each
 returns one scalar per sample and names, through ``wsdet_layers()``, the head, the globally
-pooled feature modules and the Grad-CAM layer.
+pooled feature modules and the Grad-CAM layer; all four derive from :class:`CountingNet`, which
+documents their shared parameters.
 """
 
 from wsdet.models._blocks import (
@@ -14,6 +15,7 @@ from wsdet.models._blocks import (
     conv_nd,
     max_pool_nd,
 )
+from wsdet.models.base import CountingNet
 from wsdet.models.basecnn import BaseCNN
 from wsdet.models.gated_attention import GatedAttentionNet
 from wsdet.models.gpunet import GPUnet
@@ -27,6 +29,7 @@ __all__ = [
     "BaseCNN",
     "Concat",
     "ConvReLU",
+    "CountingNet",
     "GPUnet",
     "GPUnetNoResidual",
     "GatedAttentionNet",

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from wsdet.models._blocks import GlobalAvgPool, _ResidualEncoderNet
+from wsdet.models._blocks import GlobalAvgPool
+from wsdet.models.base import _ResidualEncoderNet
 
 __all__ = ["BaseCNN"]
 
@@ -13,43 +14,30 @@ __all__ = ["BaseCNN"]
 class BaseCNN(_ResidualEncoderNet):
     """Base CNN: GP-Unet's encoder, globally pooled at half resolution.
 
-    With ``w = width``, ``c = in_channels`` and ``S`` the input spatial size::
+    With ``w = width``, ``c = in_channels`` and ``S`` the input spatial size, the layers
+    ``conv1`` to ``cat2`` are those of :class:`~wsdet.models.GPUnet` (see its table), then::
 
-        conv1   ConvReLU(c -> w)                       S
-        conv2   ConvReLU(w -> w)                       S
-        cat1    Concat[x, conv2]          c + w        S
-        pool    MaxPool 2                 c + w        S // 2
-        conv3   ConvReLU(c + w -> 2w)                  S // 2
-        conv4   ConvReLU(2w -> 2w)                     S // 2
         cat2    Concat[pool, conv4]       c + 3w       S // 2
         gap     GlobalAvgPool             c + 3w
         head    Linear(c + 3w, 1)
 
     The pooled maps are the (max-pooled) image, the pooled first-scale features and the
     second-scale features: the paper's "1 + 32 + 64" maps. Grad-CAM on ``cat2`` therefore has
-    half the input resolution. Parameters: 196,418 for ``dim=3`` (``w=32``), 4,322 for
+    half the input resolution. Weights: 196,418 for ``dim=3`` (``w=32``), 4,322 for
     ``dim=2`` (``w=8``), with one input channel.
 
-    Parameters
-    ----------
-    dim : {2, 3}
-        Number of spatial dimensions.
-    in_channels : int, default 1
-        Input channels.
-    width : int, optional
-        Filters of the first convolutions ``w``; default 8 in 2D and 32 in 3D.
-    init : {"default", "keras", "kaiming", "kaiming_conv"}, default "default"
-        Weight initialisation, see :func:`wsdet.models.init_weights`.
+    Parameters: those of :class:`~wsdet.models.CountingNet` (``dim``, ``in_channels``,
+    ``width``, ``init``); the default width is 8 in 2D and 32 in 3D.
 
     Examples
     --------
+    The head weighs the ``c + 3w = 25`` pooled maps of ``cat2``:
+
     >>> model = BaseCNN(dim=2)
-    >>> sum(p.numel() for p in model.parameters())
-    4322
-    >>> model(torch.randn(2, 1, 9, 8)).shape
-    torch.Size([2])
-    >>> model.wsdet_layers()
-    {'head': 'head', 'features': ['cat2'], 'gradcam': 'cat2'}
+    >>> model.head.in_features, sum(p.numel() for p in model.parameters())
+    (25, 4322)
+    >>> model(torch.randn(2, 1, 9, 8)).shape, model.wsdet_layers()["gradcam"]
+    (torch.Size([2]), 'cat2')
     """
 
     n_pools = 1

@@ -10,9 +10,8 @@ from wsdet.models._blocks import (
     AttentionGate,
     Concat,
     GlobalAvgPool,
-    _ResidualEncoderNet,
 )
-from wsdet.models.init import init_weights
+from wsdet.models.base import _ResidualEncoderNet
 
 __all__ = ["GatedAttentionNet"]
 
@@ -63,31 +62,28 @@ class GatedAttentionNet(_ResidualEncoderNet):
       ``cat2``. The multi-scale CAM is the sum of both per-scale CAMs (the low-resolution one
       upsampled); the Grad-CAM layer is the full-resolution ``gate``.
 
-    Parameters: 208,068 for ``dim=3`` (``w=32``), 4,836 for ``dim=2`` (``w=8``), with one
-    input channel and the default ``inter_channels``.
+    Weights: 208,068 for ``dim=3`` (``w=32``), 4,836 for ``dim=2`` (``w=8``), with one input
+    channel and the default ``inter_channels``.
 
     Parameters
     ----------
-    dim : {2, 3}
-        Number of spatial dimensions.
-    in_channels : int, default 1
-        Input channels.
-    width : int, optional
-        Filters of the first convolutions ``w``; default 8 in 2D and 32 in 3D.
-    init : {"default", "keras", "kaiming", "kaiming_conv"}, default "default"
-        Weight initialisation, see :func:`wsdet.models.init_weights`.
+    dim, in_channels, width, init
+        As for :class:`~wsdet.models.CountingNet` (default width 8 in 2D and 32 in 3D).
     inter_channels : int, optional
         Channels of the gate's intermediate representation; default ``w``.
 
     Examples
     --------
     >>> model = GatedAttentionNet(dim=2)
-    >>> sum(p.numel() for p in model.parameters())
-    4836
-    >>> model(torch.randn(2, 1, 13, 17)).shape
-    torch.Size([2])
-    >>> model.wsdet_layers()
-    {'head': 'head', 'features': ['gate', 'cat2'], 'gradcam': 'gate'}
+    >>> model(torch.randn(2, 1, 13, 17)).shape, sum(p.numel() for p in model.parameters())
+    (torch.Size([2]), 4836)
+
+    The head weighs ``c + w = 9`` gated maps, then ``c + 3w = 25`` low-resolution maps:
+
+    >>> model.wsdet_layers()["features"], model.head.in_features
+    (['gate', 'cat2'], 34)
+    >>> GatedAttentionNet(dim=2, inter_channels=3).gate.psi.in_channels
+    3
     """
 
     n_pools = 1
@@ -102,17 +98,14 @@ class GatedAttentionNet(_ResidualEncoderNet):
         init: str = "default",
         inter_channels: int | None = None,
     ) -> None:
-        self._setup(dim, in_channels, width)
-        self.inter_channels = (
-            self.width
-            if inter_channels is None
-            else check_int("inter_channels", inter_channels, minimum=1)
-        )
-        self._build()
-        init_weights(self, init)
+        # Read by _build, which the base constructor calls once the width is known.
+        self._inter_channels = inter_channels
+        super().__init__(dim, in_channels, width, init)
 
     def _build(self) -> None:
-        c, w, m = self.in_channels, self.width, self.inter_channels
+        c, w = self.in_channels, self.width
+        m = w if self._inter_channels is None else self._inter_channels
+        self.inter_channels = check_int("inter_channels", m, minimum=1)
         self._build_encoder()
         self.gate = AttentionGate(
             self.dim, x_channels=c + w, g_channels=c + 3 * w, inter_channels=m

@@ -10,8 +10,8 @@ from wsdet.models._blocks import (
     ConvReLU,
     GlobalAvgPool,
     UpsampleTo,
-    _ResidualEncoderNet,
 )
+from wsdet.models.base import _ResidualEncoderNet
 
 __all__ = ["GPUnet"]
 
@@ -35,20 +35,12 @@ class GPUnet(_ResidualEncoderNet):
         head    Linear(w, 1)
 
     The output is the predicted count ``(B,)``; the CAM is ``sum_k head.weight[0, k] *
-    conv5[:, k]`` at full input resolution. Parameters: 308,705 for ``dim=3`` (``w=32``),
-    6,761 for ``dim=2`` (``w=8``), with one input channel.
+    conv5[:, k]`` at full input resolution. Weights: 308,705 for ``dim=3`` (``w=32``), 6,761
+    for ``dim=2`` (``w=8``), with one input channel.
 
-    Parameters
-    ----------
-    dim : {2, 3}
-        Number of spatial dimensions.
-    in_channels : int, default 1
-        Input channels.
-    width : int, optional
-        Filters of the first convolutions ``w``; default 8 in 2D and 32 in 3D (the paper uses
-        four times fewer maps in 2D).
-    init : {"default", "keras", "kaiming", "kaiming_conv"}, default "default"
-        Weight initialisation, see :func:`wsdet.models.init_weights`.
+    Parameters: those of :class:`~wsdet.models.CountingNet` (``dim``, ``in_channels``,
+    ``width``, ``init``); the default width is 8 in 2D and 32 in 3D (the paper uses four
+    times fewer maps in 2D).
 
     Examples
     --------
@@ -57,8 +49,15 @@ class GPUnet(_ResidualEncoderNet):
     6761
     >>> model(torch.randn(3, 1, 13, 17)).shape
     torch.Size([3])
-    >>> model.wsdet_layers()
-    {'head': 'head', 'features': ['conv5'], 'gradcam': 'conv5'}
+
+    Odd sizes are floored by the pooling and restored by the upsampling, so the CAM layer
+    ``conv5`` keeps the input size:
+
+    >>> feats = {}
+    >>> hook = model.conv5.register_forward_hook(lambda m, i, o: feats.update(conv5=o))
+    >>> _ = model(torch.randn(1, 1, 13, 17))
+    >>> feats["conv5"].shape
+    torch.Size([1, 8, 13, 17])
     """
 
     n_pools = 1

@@ -10,14 +10,14 @@ from wsdet.models._blocks import (
     ConvReLU,
     GlobalAvgPool,
     UpsampleTo,
-    _CountingNet,
     max_pool_nd,
 )
+from wsdet.models.base import CountingNet
 
 __all__ = ["GPUnetNoResidual"]
 
 
-class GPUnetNoResidual(_CountingNet):
+class GPUnetNoResidual(CountingNet):
     """GP-Unet no residual: a two-level U-Net without input concatenations, GAP, linear head.
 
     This is the network of Dubost et al. (MICCAI 2017) with global *average* pooling. With
@@ -39,29 +39,23 @@ class GPUnetNoResidual(_CountingNet):
         gap     GlobalAvgPool             w
         head    Linear(w, 1)
 
-    Parameters: 830,753 for ``dim=3`` (``w=32``), 17,465 for ``dim=2`` (``w=8``), with one
+    Weights: 830,753 for ``dim=3`` (``w=32``), 17,465 for ``dim=2`` (``w=8``), with one
     input channel. Inputs need a spatial size of at least 4 along every axis.
 
-    Parameters
-    ----------
-    dim : {2, 3}
-        Number of spatial dimensions.
-    in_channels : int, default 1
-        Input channels.
-    width : int, optional
-        Filters of the first convolutions ``w``; default 8 in 2D and 32 in 3D.
-    init : {"default", "keras", "kaiming", "kaiming_conv"}, default "default"
-        Weight initialisation, see :func:`wsdet.models.init_weights`.
+    Parameters: those of :class:`~wsdet.models.CountingNet` (``dim``, ``in_channels``,
+    ``width``, ``init``); the default width is 8 in 2D and 32 in 3D.
 
     Examples
     --------
     >>> model = GPUnetNoResidual(dim=2)
-    >>> sum(p.numel() for p in model.parameters())
-    17465
-    >>> model(torch.randn(2, 1, 13, 17)).shape
+    >>> model.n_pools, sum(p.numel() for p in model.parameters())
+    (2, 17465)
+    >>> model(torch.randn(2, 1, 4, 17)).shape
     torch.Size([2])
-    >>> model.wsdet_layers()
-    {'head': 'head', 'features': ['conv7'], 'gradcam': 'conv7'}
+    >>> model(torch.randn(2, 1, 3, 17))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: x must have spatial size >= 4 along every axis ...
     """
 
     n_pools = 2

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -16,7 +16,18 @@ from wsdet.data.mnist._sampling import _check_pool, _render, _sample_cells
 from wsdet.data.mnist.files import load_mnist
 from wsdet.data.mnist.pools import DigitPool, SeedLike, split_pool
 
-__all__ = ["GridSampler", "GridSplits", "MNISTGrid", "mnist_grid_splits"]
+if TYPE_CHECKING:  # typing.Unpack is Python >= 3.11; annotations are not evaluated
+    from typing_extensions import Unpack
+
+__all__ = ["GridLayout", "GridSampler", "GridSplits", "MNISTGrid", "mnist_grid_splits"]
+
+
+class GridLayout(TypedDict, total=False):
+    """The layout options of :class:`MNISTGrid` that :class:`GridSampler` passes on."""
+
+    rows: int
+    cols: int
+    positive_fraction: float
 
 
 class MNISTGrid(Dataset[dict[str, Any]]):
@@ -218,18 +229,12 @@ class GridSampler:
         target: int,
         n_images: int,
         *,
-        rows: int = 5,
-        cols: int = 7,
-        positive_fraction: float = 0.5,
         seed: int = 0,
+        **layout: Unpack[GridLayout],
     ) -> None:
         self._digits, self._labels = _check_pool(digits, labels)
         self.seed = check_int("seed", seed, minimum=0)
-        self._kwargs: dict[str, Any] = {
-            "rows": rows,
-            "cols": cols,
-            "positive_fraction": positive_fraction,
-        }
+        self._layout = layout
         self.target = target
         self.n_images = n_images
         self.grid(0)  # validate the remaining arguments now rather than at the first epoch
@@ -243,7 +248,7 @@ class GridSampler:
             self.target,
             self.n_images,
             seed=(self.seed, epoch),
-            **self._kwargs,
+            **self._layout,
         )
 
     def __call__(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
