@@ -407,8 +407,8 @@ def test_chance_detections_are_random_peaks_inside_the_region():
 
     test = make_lesion_volumes(3, (16, 32, 32), mean_count=2.0, seed=5)
     cfg = LesionStudyConfig.smoke()
-    dets = _chance_detections(test, cfg, 2.5, slice_mode=False)
-    again = _chance_detections(test, cfg, 2.5, slice_mode=False)
+    dets = _chance_detections(test, cfg, "midbrain", 2.5)
+    again = _chance_detections(test, cfg, "midbrain", 2.5)
     for i, d in enumerate(dets):
         assert d.count == 2.5 and len(d) > 0
         np.testing.assert_array_equal(d.points, again[i].points)  # seeded

@@ -38,6 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     les = sub.add_parser("lesions3d", help="the 3D lesion study on synthetic phantoms")
     les.add_argument("--out", required=True, help="output/cache folder")
     les.add_argument("--smoke", action="store_true", help="tiny volumes, one epoch")
+    les.add_argument(
+        "--v2",
+        action="store_true",
+        help="benchmark v2: phantom settings v2, 3 initialisation seeds, LoG baseline",
+    )
     les.add_argument("--settings", nargs="+", default=None)
     les.add_argument("--budget-min", type=float, default=None, help="training minutes/network")
     les.add_argument("--threads", type=int, default=None)
@@ -72,7 +77,12 @@ def main(argv: list[str] | None = None) -> int:
             over3["settings"] = tuple(args.settings)
         if args.budget_min is not None:
             over3["time_budget_min"] = args.budget_min
-        cfg3 = LesionStudyConfig.smoke(**over3) if args.smoke else LesionStudyConfig(**over3)
+        if args.v2:
+            cfg3 = LesionStudyConfig.v2(smoke=args.smoke, **over3)
+        elif args.smoke:
+            cfg3 = LesionStudyConfig.smoke(**over3)
+        else:
+            cfg3 = LesionStudyConfig(**over3)
         got3 = run_lesions(
             cfg3, args.out, interim=args.interim, train_only=args.train_only, device=args.device
         )

@@ -46,7 +46,7 @@ class DetectOptions(TypedDict, total=False):
     """How :func:`detect_all` detects: images per batch, NMS ``size``, Detector ``options``."""
 
     batch_size: Required[int]
-    size: int
+    size: int | tuple[int, ...]
     options: dict[str, Any] | None
 
 
@@ -56,7 +56,7 @@ def detect_all(
     images: torch.Tensor,
     *,
     batch_size: int,
-    size: int = NMS_SIZE,
+    size: int | tuple[int, ...] = NMS_SIZE,
     options: dict[str, Any] | None = None,
 ) -> list[Detections]:
     """Every NMS candidate (``n="all"``, negatives clipped) of every image."""
@@ -102,7 +102,12 @@ def load_detections(path: Path) -> tuple[list[Detections], float]:
 
 
 def detections_path(
-    store: Store, name: str, key: dict[str, Any], method: str, size: int, options: dict[str, Any]
+    store: Store,
+    name: str,
+    key: dict[str, Any],
+    method: str,
+    size: int | tuple[int, ...],
+    options: dict[str, Any],
 ) -> Path:
     """The cache file of ``method``'s detections (NMS ``size``, Detector ``options``)."""
     config = {**key, "method": method, "size": size, "options": options}

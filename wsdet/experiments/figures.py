@@ -28,7 +28,11 @@ __all__ = [
 
 _NO_FIGURES = "the study's figures need matplotlib: pip install 'wsdet[viz]' (skipped)"
 #: Display names of the runs, the chance reference included.
-DISPLAY: dict[str, str] = {**METHOD_LABELS, "chance": "Chance (random map)"}
+DISPLAY: dict[str, str] = {
+    **METHOD_LABELS,
+    "chance": "Chance (random map)",
+    "log": "LoG (training-free)",
+}
 
 #: The columns of Fig. 4: GP-Unet trained for classification, then for regression.
 FIG4_OBJECTIVES: tuple[Objective, Objective] = ("classification", "regression")

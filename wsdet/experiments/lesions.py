@@ -19,18 +19,22 @@ operating point at the rounded predicted count.
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from wsdet._checks import PathLike
+from wsdet._checks import PathLike, check_choice
+from wsdet.baselines import choose_sigma, log_maps, set_detections
 from wsdet.data.augment import augment as augment_batch
+from wsdet.data.phantoms.v2 import SETTINGS_V2, hit_radius_mm, make_phantoms_v2, nms_size
 from wsdet.data.synthetic import PhantomSet, make_lesion_volumes
 from wsdet.detection import Detections, find_peaks
 from wsdet.detector import Detector
@@ -110,6 +114,13 @@ class LesionStudyConfig:
     chance: bool = True
     n_bootstrap: int = 1000
     eval_batch: int = 4
+    phantoms: Literal["v1", "v2"] = "v1"
+    data_seed: int | None = None
+    init_seeds: tuple[int, ...] = ()
+    fauc_budgets: tuple[float, ...] = ()
+    max_restarts: int = 0
+    log_baseline: bool = False
+    log_sigmas_mm: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 
     @classmethod
     def smoke(cls, **overrides: Any) -> LesionStudyConfig:
@@ -131,14 +142,90 @@ class LesionStudyConfig:
         base.update(overrides)
         return cls(**base)
 
+    @classmethod
+    def v2(cls, *, smoke: bool = False, **overrides: Any) -> LesionStudyConfig:
+        """The benchmark v2 protocol (:mod:`wsdet.data.phantoms.v2`): every setting
+        trained from scratch, a data seed apart from the initialisation seeds, three
+        initialisation seeds per network (the study's and ``init_seeds``), FAUC at 0–1, 0–2
+        and 0–15 FP per volume, networks no better than a constant restarted (up to twice)
+        and marked failed, and the training-free LoG baseline (σ chosen on validation
+        volumes). Sized for about 4–5 hours of a 2-core CPU (an estimate, see
+        ``docs/phantoms_v2.md``). ``smoke``: tiny data, one epoch, one extra seed.
+        """
+        base: dict[str, Any] = dict(
+            phantoms="v2",
+            setting_shapes={},
+            finetune=False,
+            data_seed=1000,
+            init_seeds=(100, 200),
+            fauc_budgets=(1.0, 2.0),
+            max_restarts=2,
+            log_baseline=True,
+            n_train=160,
+        )
+        if smoke:
+            base.update(
+                n_train=4,
+                n_val=4,
+                n_test=4,
+                width=4,
+                max_epochs=1,
+                patience=None,
+                time_budget_min=1.0,
+                n_bootstrap=20,
+                init_seeds=(100,),
+                max_restarts=0,
+                log_sigmas_mm=(0.75, 1.25),
+            )
+        base.update(overrides)
+        return cls(**base)
+
+    def __post_init__(self) -> None:
+        check_choice("phantoms", self.phantoms, ("v1", "v2"))
+        known = SETTINGS_V2 if self.phantoms == "v2" else SETTINGS
+        for setting in self.settings:
+            if setting not in known:
+                raise ValueError(f"settings: unknown setting {setting!r}; known: {list(known)}")
+
     def shape_of(self, setting: str) -> tuple[int, int, int]:
-        """The volume shape of ``setting``: ``setting_shapes`` or else ``shape``."""
+        """The volume shape of ``setting``: the v2 setting's, or ``setting_shapes`` or
+        else ``shape``."""
+        if self.phantoms == "v2":
+            return SETTINGS_V2[setting].shape
         d, h, w = self.setting_shapes.get(setting, self.shape)  # a list, when read from JSON
         return (d, h, w)
 
-    def train_config(self, *, finetune: bool = False) -> TrainConfig:
+    def slice_mode(self, setting: str) -> bool:
+        """Whether ``setting`` annotates one slice per volume (evaluated on it)."""
+        if self.phantoms == "v2":
+            return SETTINGS_V2[setting].annotation == "slice"
+        return bool(SETTINGS[setting]["annotation"] == "slice")
+
+    def spacing_of(self, setting: str) -> tuple[float, float, float]:
+        """Voxel size (mm) of ``setting``'s volumes (1 mm for the v1 phantoms)."""
+        return SETTINGS_V2[setting].spacing if self.phantoms == "v2" else (1.0, 1.0, 1.0)
+
+    def nms_size_of(self, setting: str) -> int | tuple[int, ...]:
+        """The NMS size of ``setting`` in 3D: ``nms_size``, or per axis for v2 (the paper's
+        6 voxels in-plane, as many mm through-plane)."""
+        if self.phantoms == "v2":
+            return nms_size(self.spacing_of(setting))
+        return self.nms_size
+
+    def match_of(self, setting: str) -> dict[str, Any]:
+        """The matching options of ``setting``: ``radius`` voxels (v1), or the paper's 6
+        voxels in-plane as millimetres with the voxel size (v2)."""
+        if self.phantoms == "v1":
+            return {"radius": self.radius}
+        spacing = self.spacing_of(setting)
+        in_plane = spacing[1:]  # the slice axis is 0
+        evaluated = in_plane if self.slice_mode(setting) else spacing
+        return {"radius_mm": hit_radius_mm(spacing), "spacing": evaluated}
+
+    def train_config(self, *, finetune: bool = False, seed: int | None = None) -> TrainConfig:
         """The training configuration of the networks (``finetune``: of the later
-        settings' networks, fine-tuned from the first setting's)."""
+        settings' networks, fine-tuned from the first setting's; ``seed``: an
+        initialisation seed other than the study's)."""
         return TrainConfig(
             objective="regression",
             optimizer=self.optimizer,
@@ -148,22 +235,34 @@ class LesionStudyConfig:
             max_epochs=self.finetune_epochs if finetune else self.max_epochs,
             patience=self.patience,
             time_budget=None if self.time_budget_min is None else self.time_budget_min * 60.0,
-            seed=self.seed,
+            seed=self.seed if seed is None else seed,
             progress="log",
             log_every=5,
         )
 
 
 def _data(cfg: LesionStudyConfig, setting: str) -> tuple[PhantomSet, PhantomSet, PhantomSet]:
-    kw = dict(SETTINGS[setting])
+    """Training, validation and test volumes of ``setting`` (three seeds derived from the
+    data seed, which is the study's seed unless ``data_seed`` is given)."""
+    data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
+    names = list(SETTINGS_V2 if cfg.phantoms == "v2" else SETTINGS)
+    base = 7919 * (1 + names.index(setting)) + data_seed
+    kw = dict(SETTINGS[setting]) if cfg.phantoms == "v1" else {}
     # single-slice annotation: more lesions per volume, so that slices hold some
     kw["mean_count"] = cfg.mean_count * kw.pop("count_factor", 1.0)
-    base = 7919 * (1 + list(SETTINGS).index(setting)) + cfg.seed
 
     def make(n: int, seed: int) -> PhantomSet:
+        if cfg.phantoms == "v2":
+            return make_phantoms_v2(n, setting, seed=seed)
         return make_lesion_volumes(n, cfg.shape_of(setting), seed=seed, **kw)
 
     return make(cfg.n_train, base), make(cfg.n_val, base + 1), make(cfg.n_test, base + 2)
+
+
+def _network(setting: str, arch: str, seed: int | None) -> str:
+    """The name of ``setting``'s network of ``arch`` (trained from ``seed``, when it is not
+    the study's own)."""
+    return f"{setting}-{arch}" + ("" if seed is None else f"-seed{seed}")
 
 
 def _on_slice(
@@ -202,7 +301,7 @@ def _slice_targets(test: PhantomSet) -> list[np.ndarray]:
 
 
 def _chance_detections(
-    test: PhantomSet, cfg: LesionStudyConfig, count: float, slice_mode: bool
+    test: PhantomSet, cfg: LesionStudyConfig, setting: str, count: float
 ) -> list[Detections]:
     """A chance reference: NMS on i.i.d. uniform noise inside each volume's region mask, so
     the ranking of well-spread candidates is random. Its FAUC shows how much of a method's
@@ -213,10 +312,10 @@ def _chance_detections(
     for i in range(len(test)):
         g = torch.Generator().manual_seed(1_000_003 * (cfg.seed + 1) + i)
         noise = torch.rand(test.images.shape[2:], generator=g) * test.mask[i].float()
-        if slice_mode:
+        if cfg.slice_mode(setting):
             out.append(_on_slice(noise.numpy(), test, i, cfg, count))
         else:
-            pts, scores = find_peaks(noise, size=cfg.nms_size)
+            pts, scores = find_peaks(noise, size=cfg.nms_size_of(setting))
             out.append(Detections(pts, scores, count, len(pts)))
     return out
 
@@ -230,19 +329,35 @@ class LesionStudy:
     """
 
     def __init__(self, config: LesionStudyConfig) -> None:
-        for setting in config.settings:
-            if setting not in SETTINGS:
-                raise ValueError(f"settings: unknown setting {setting!r}; known: {list(SETTINGS)}")
+        config.__post_init__()  # the settings exist (also for a config changed since)
         self._config = config
         self.data: dict[str, tuple[PhantomSet, PhantomSet, PhantomSet]] = {}
         self.data_keys: dict[str, dict[str, Any]] = {}
+        self.log_sigma: dict[str, float] = {}
 
     @property
     def config(self) -> LesionStudyConfig:
         return self._config
 
     def _slice_mode(self, setting: str) -> bool:
-        return bool(SETTINGS[setting]["annotation"] == "slice")
+        return self.config.slice_mode(setting)
+
+    def _data_key(self, setting: str) -> dict[str, Any]:
+        """What the volumes of ``setting`` depend on (a part of every cache key)."""
+        cfg = self.config
+        key: dict[str, Any] = {
+            "study": "lesions3d",
+            "setting": setting,
+            "shape": list(cfg.shape_of(setting)),
+            "mean_count": cfg.mean_count,
+            "n_train": cfg.n_train,
+            "n_val": cfg.n_val,
+        }
+        if cfg.phantoms == "v1":  # the v1 keys as they always were
+            data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
+            return {**key, "seed": data_seed, **SETTINGS[setting]}
+        v2 = dataclasses.asdict(SETTINGS_V2[setting])
+        return {**key, "phantoms": "v2", "data_seed": cfg.data_seed, **v2}
 
     def plan(self, store: Store) -> Plan:
         """Make the phantoms and list the study's networks, runs and comparisons.
@@ -254,23 +369,14 @@ class LesionStudy:
         tests: dict[str, TestSet] = {}
         for setting in cfg.settings:
             self.data[setting] = _data(cfg, setting)
-            self.data_keys[setting] = {
-                "study": "lesions3d",
-                "setting": setting,
-                "shape": list(cfg.shape_of(setting)),
-                "mean_count": cfg.mean_count,
-                "n_train": cfg.n_train,
-                "n_val": cfg.n_val,
-                "seed": cfg.seed,
-                **SETTINGS[setting],
-            }
+            self.data_keys[setting] = self._data_key(setting)
             test = self.data[setting][2]
             targets = (
                 _slice_targets(test)
                 if self._slice_mode(setting)
                 else [np.asarray(p) for p in test.points]
             )
-            tests[setting] = TestSet(test.images, targets, {"radius": cfg.radius}, test)
+            tests[setting] = TestSet(test.images, targets, cfg.match_of(setting), test)
         methods = [m for m in cfg.methods if m != "gp_unet"]
         return Plan(
             jobs=self._jobs(store),
@@ -286,47 +392,55 @@ class LesionStudy:
                 for s in cfg.settings
                 for m in cfg.methods
             ],
+            seed_table=bool(cfg.init_seeds),
         )
 
     def _jobs(self, store: Store) -> list[TrainJob]:
+        """Every architecture per setting, from the study's seed and each of
+        ``init_seeds`` (same data); fine-tuned from the first setting's network of the same
+        seed when ``finetune``."""
         cfg = self.config
         jobs: list[TrainJob] = []
-        sources: dict[str, Path] = {}  # arch -> best.pt of the first setting's network
+        sources: dict[tuple[str, int | None], Path] = {}  # best.pt of the first setting's
         for setting in cfg.settings:
             train, val, _ = self.data[setting]
             first = setting == cfg.settings[0]
-            for arch in sorted({METHOD_ARCHITECTURE[m] for m in cfg.methods}):
-                spec = {"arch": arch, "dim": 3, "width": cfg.width, **self.data_keys[setting]}
-                source = sources.get(arch) if cfg.finetune and not first else None
-                job = TrainJob(
-                    f"{setting}-{arch}",
-                    spec,
-                    cfg.train_config(finetune=source is not None),
-                    (train.images, train.counts),
-                    (val.images, val.counts),
-                    augment_batch if cfg.augment else None,
-                    source,
-                )
-                jobs.append(job)
-                if first:
-                    folder = model_folder(store, job.name, job.spec, job.config)
-                    sources[arch] = folder / "best.pt"
+            for seed in (None, *cfg.init_seeds):
+                for arch in sorted({METHOD_ARCHITECTURE[m] for m in cfg.methods}):
+                    spec = {"arch": arch, "dim": 3, "width": cfg.width, **self.data_keys[setting]}
+                    source = sources.get((arch, seed)) if cfg.finetune and not first else None
+                    job = TrainJob(
+                        _network(setting, arch, seed),
+                        spec,
+                        cfg.train_config(finetune=source is not None, seed=seed),
+                        (train.images, train.counts),
+                        (val.images, val.counts),
+                        augment_batch if cfg.augment else None,
+                        source,
+                        max_restarts=cfg.max_restarts,
+                    )
+                    jobs.append(job)
+                    if first:
+                        folder = model_folder(store, job.name, job.spec, job.config)
+                        sources[(arch, seed)] = folder / "best.pt"
         return jobs
 
     def _runs(self, setting: str) -> list[Run]:
-        """Every method on ``setting``'s networks, then the chance reference."""
+        """Every method on ``setting``'s networks (and on its replicates from the other
+        initialisation seeds), then the training-free references."""
         cfg = self.config
         runs = []
-        for m in cfg.methods:
-            fuse = m == "gp_unet_no_residual" and cfg.fuse_intensity
-            network = f"{setting}-{METHOD_ARCHITECTURE[m]}"
-            options = {"fuse_intensity": True} if fuse else {}
-            key = RunKey(m, variant=setting)
-            runs.append(Run(key, m, f"{setting}-{m}", network, setting, options))
-        if cfg.chance:
-            runs.append(
-                Run(RunKey("chance", variant=setting), "chance", f"{setting}-chance", None, setting)
-            )
+        for seed in (None, *cfg.init_seeds):
+            for m in cfg.methods:
+                fuse = m == "gp_unet_no_residual" and cfg.fuse_intensity
+                network = _network(setting, METHOD_ARCHITECTURE[m], seed)
+                options = {"fuse_intensity": True} if fuse else {}
+                key = RunKey(m, variant=setting, seed=seed)
+                name = f"{setting}-{m}" + ("" if seed is None else f"-seed{seed}")
+                runs.append(Run(key, m, name, network, setting, options))
+        references = (["log"] if cfg.log_baseline else []) + (["chance"] if cfg.chance else [])
+        for ref in references:
+            runs.append(Run(RunKey(ref, variant=setting), ref, f"{setting}-{ref}", None, setting))
         return runs
 
     def detections(
@@ -338,13 +452,16 @@ class LesionStudy:
         setting, method = run.group, run.key.method
         train, _, test = self.data[setting]
         slice_mode = self._slice_mode(setting)
+        if method == "log":
+            return self._log_detections(setting)
         if net is None:  # chance; constant count: the training mean (a count-free guess)
             mean_count = float(train.counts.float().mean())
-            return _chance_detections(test, cfg, mean_count, slice_mode), 0.0
+            return _chance_detections(test, cfg, setting, mean_count), 0.0
         model, info = net
         key = {"n_test": cfg.n_test, "slice": slice_mode, **self.data_keys[setting]}
         key["network_dir"] = info["folder"]
-        path = detections_path(store, run.name, key, method, cfg.nms_size, run.options)
+        size = cfg.nms_size_of(setting)
+        path = detections_path(store, run.name, key, method, size, run.options)
         compute: Callable[[], list[Detections]]
         if slice_mode:
             compute = partial(_slice_detections, model, method, test, cfg, run.options)
@@ -355,14 +472,38 @@ class LesionStudy:
                 method,
                 test.images,
                 batch_size=cfg.eval_batch,
-                size=cfg.nms_size,
+                size=size,
                 options=run.options,
             )
         return cached_detections(path, compute)
 
+    def _log_detections(self, setting: str) -> tuple[list[Detections], float]:
+        """The training-free LoG baseline: σ chosen by FAUC on the validation volumes,
+        every NMS candidate of the test volumes' LoG maps (no count)."""
+        cfg = self.config
+        _, val, test = self.data[setting]
+        t0 = time.perf_counter()
+        radius = cfg.match_of(setting).get("radius_mm", cfg.radius)  # v1: 1 mm voxels
+        size = cfg.nms_size_of(setting)
+        choice = choose_sigma(
+            val, cfg.log_sigmas_mm, radius_mm=radius, max_fp=cfg.max_fp, size=size
+        )
+        self.log_sigma[setting] = float(np.max(choice.sigma_mm))
+        maps = log_maps(test.images, choice.sigma_mm, test.spacing, masks=test.mask)
+        dets, _, _ = set_detections(maps, test, size=size, slice_mode=cfg.slice_mode(setting))
+        return dets, time.perf_counter() - t0
+
     def record(self, run: Run, dets: list[Detections]) -> dict[str, Any]:
-        """The dimension the run was evaluated in (2: on the annotated slices)."""
-        return {"evaluated_ndim": 2 if self._slice_mode(run.group) else 3}
+        """The dimension the run was evaluated in (2: on the annotated slices), the count's
+        mean absolute error (networks), the σ (mm) chosen for the LoG baseline."""
+        out: dict[str, Any] = {"evaluated_ndim": 2 if self._slice_mode(run.group) else 3}
+        if run.network is not None:
+            truth = self.data[run.group][2].counts.numpy()
+            counts = np.array([d.count for d in dets])
+            out["count_mae"] = float(np.abs(counts - truth).mean())
+        if run.key.method == "log":
+            out["log_sigma_mm"] = self.log_sigma.get(run.group)
+        return out
 
     def markdown(self, results: dict[str, Any]) -> str:
         return lesions_markdown(results)

@@ -275,46 +275,127 @@ def mnist_markdown(results: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _failed(results: dict[str, Any], setting: str, method: str, seed: int | None = None) -> bool:
+    """Whether the network ``method`` reads on ``setting`` (trained from ``seed``, default
+    the study's) stayed no better than a constant (best validation loss above
+    ``STUCK_FRACTION`` × the constant's, after its restarts)."""
+    arch = METHOD_ARCHITECTURE.get(method)
+    own = seed is None or seed == results["config"].get("seed", 0)
+    name = f"{setting}-{arch}" + ("" if own else f"-seed{seed}")
+    return bool((results.get("networks") or {}).get(name, {}).get("stuck"))
+
+
+def _lesion_rows(results: dict[str, Any], s: str, methods: list[str]) -> list[str]:
+    """The rows of one setting: FAUC (and at the other budgets), the operating point,
+    candidates, the all-candidates sensitivity and the count MAE."""
+    ev = results["evaluations"][s]
+
+    def fauc_cell(m: str, b: dict[str, Any] | None) -> str:
+        return _pm(b) + (" †" if b and _failed(results, s, m) else "")
+
+    rows = [[f"{s} FAUC", *(fauc_cell(m, ev[m]["fauc"]) if m in ev else "—" for m in methods)]]
+    budgets = sorted({k for m in methods for k in ev.get(m, {}).get("fauc_at", {})}, key=float)
+    for k in budgets:
+        cells = (fauc_cell(m, ev.get(m, {}).get("fauc_at", {}).get(k)) for m in methods)
+        rows.append([f"{s} FAUC 0–{k}", *cells])
+    ops = [ev.get(m, {}).get("operating_point") for m in methods]
+    rows.append([f"{s} FP/volume", *(f"{o['fp_avg']['estimate']:.2f}" if o else "—" for o in ops)])
+    rows.append(
+        [f"{s} sensitivity", *(f"{o['sensitivity']['estimate']:.3f}" if o else "—" for o in ops)]
+    )
+    rows.append(
+        [f"{s} candidates/volume"]
+        + [_per(ev.get(m), "n_detections", "n_images", "{:.1f}") for m in methods]
+    )
+    rows.append(
+        [f"{s} sensitivity, all candidates"]
+        + [_per(ev.get(m), "n_tp", "n_targets", "{:.3f}") for m in methods]
+    )
+    if any("count_mae" in ev.get(m, {}) for m in methods):
+        maes = (ev.get(m, {}).get("count_mae") for m in methods)
+        rows.append([f"{s} count MAE", *("—" if v is None else f"{v:.2f}" for v in maes)])
+    return ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def _kept(
+    results: dict[str, Any], setting: str, method: str, seeds: list[int]
+) -> list[float | None]:
+    """FAUC of ``method`` on ``setting`` per seed; None where missing or failed."""
+    vals = (results.get("fauc_by_seed") or {}).get(RunKey(method, variant=setting).label, {})
+    return [None if _failed(results, setting, method, k) else vals.get(str(k)) for k in seeds]
+
+
+def _lesion_seed_table(results: dict[str, Any], settings: list[str]) -> list[str]:
+    """FAUC ×100 per initialisation seed, mean ± sd, and GP-Unet against each method
+    across seeds (paired by seed), per setting."""
+    by_seed: dict[str, dict[str, float]] = results.get("fauc_by_seed") or {}
+    if not by_seed:
+        return []
+    seeds = sorted({int(k) for v in by_seed.values() for k in v})
+    out = [
+        "",
+        f"The networks trained from {len(seeds)} initialisation seeds "
+        f"({', '.join(map(str, seeds))}; same data): FAUC ×100 per seed, mean ± sd, and "
+        "GP-Unet − method across the seeds "
+        "(mean, 95% t-CI, exact sign-flip permutation p and its floor); † networks that failed "
+        "are left out of the mean and the comparison:",
+        "",
+        "| setting | method | FAUC per seed | mean ± sd | GP-Unet − method |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for s in settings:
+        ref = _kept(results, s, "gp_unet", seeds)
+        for m in results["config"]["methods"]:
+            vals = by_seed.get(RunKey(m, variant=s).label, {})
+            got = _kept(results, s, m, seeds)
+            cells = " / ".join(
+                "—"
+                if str(k) not in vals
+                else f"{100 * vals[str(k)]:.1f}" + (" †" if v is None else "")
+                for k, v in zip(seeds, got, strict=True)
+            )
+            test = "—" if m == "gp_unet" else _seed_test(ref, got)
+            out.append(f"| {s} | {DISPLAY[m]} | {cells} | {_mean_sd(got)} | {test} |")
+    return out
+
+
 def lesions_markdown(results: dict[str, Any]) -> str:
-    """The 3D tables: FAUC (paper Table 1), FP/image and sensitivity at the operating point
-    (Tables 2–3), per setting."""
+    """The 3D tables: FAUC (paper Table 1, and at the other FP budgets when recorded),
+    FP/image and sensitivity at the operating point (Tables 2–3), candidates, count MAE, per
+    setting; the training-free references; the seed-level comparisons when networks were
+    trained from several seeds."""
     cfg = results["config"]
     settings = list(results["evaluations"])
     methods = [m for m in cfg["methods"]]
-    if any("chance" in ev for ev in results["evaluations"].values()):
-        methods.append("chance")
+    for ref in ("log", "chance"):
+        if any(ref in ev for ev in results["evaluations"].values()):
+            methods.append(ref)
     out = [
         *_interim(results),
-        "FAUC over 0–15 FP/volume (×100) ± bootstrap sd; operating point = top-n with n "
-        "the rounded predicted count (for the intensity baseline, the base CNN's count; for "
-        "the chance reference, NMS on uniform noise inside the region, the training mean "
-        "count). Candidates: the local maxima left after non-maximum suppression (negatives "
-        "clipped); with all of them taken, the FROC curve ends at the last row's "
-        "sensitivity.",
+        f"FAUC over 0–{cfg.get('max_fp', 15):g} FP/volume (×100) ± bootstrap sd; operating "
+        "point = top-n with n the rounded predicted count (for the intensity baseline, the base "
+        "CNN's count; for the chance reference, NMS on uniform noise inside the region, the "
+        "training mean count). Candidates: the local maxima left after non-maximum "
+        "suppression (negatives clipped); with all of them taken, the FROC curve ends at the "
+        "last row's sensitivity.",
         "",
         "| setting | " + " | ".join(DISPLAY[m] for m in methods) + " |",
         "| --- |" + " --- |" * len(methods),
     ]
     for s in settings:
-        ev = results["evaluations"][s]
-        out.append(
-            f"| {s} FAUC | "
-            + " | ".join(_pm(ev[m]["fauc"]) if m in ev else "—" for m in methods)
-            + " |"
-        )
-        fp = []
-        se = []
-        cand = []
-        ceil = []
-        for m in methods:
-            op = ev.get(m, {}).get("operating_point")
-            fp.append(f"{op['fp_avg']['estimate']:.2f}" if op else "—")
-            se.append(f"{op['sensitivity']['estimate']:.3f}" if op else "—")
-            cand.append(_per(ev.get(m), "n_detections", "n_images", "{:.1f}"))
-            ceil.append(_per(ev.get(m), "n_tp", "n_targets", "{:.3f}"))
-        out.append(f"| {s} FP/volume | " + " | ".join(fp) + " |")
-        out.append(f"| {s} sensitivity | " + " | ".join(se) + " |")
-        out.append(f"| {s} candidates/volume | " + " | ".join(cand) + " |")
-        out.append(f"| {s} sensitivity, all candidates | " + " | ".join(ceil) + " |")
-    out += _footer(results, "Paired bootstrap differences:")
+        out += _lesion_rows(results, s, methods)
+    if any(_failed(results, s, m) for s in settings for m in cfg["methods"]):
+        out += [
+            "",
+            f"†: the network is no better than a constant (best validation loss above "
+            f"{STUCK_FRACTION:g}× the constant prediction's, after its restarts): failed, left "
+            "out of any ranking.",
+        ]
+    if "log" in methods:
+        out += [
+            "",
+            "LoG: the training-free Laplacian-of-Gaussian baseline (`wsdet.baselines`), σ "
+            "chosen by FAUC on the validation volumes; no count, so no operating point.",
+        ]
+    out += _footer(results, "Paired bootstrap differences:", _lesion_seed_table(results, settings))
     return "\n".join(out) + "\n"

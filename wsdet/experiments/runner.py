@@ -32,6 +32,8 @@ from wsdet.detector import Detector
 from wsdet.experiments.common import Store, TrainJob, train_all
 from wsdet.experiments.keys import RunKey
 from wsdet.metrics import (
+    EvaluationReport,
+    bootstrap,
     evaluate,
     fauc,
     paired_bootstrap,
@@ -253,6 +255,9 @@ def _evaluate_runs(
         record = {**report.to_dict(), "detect_seconds": seconds, **study.record(run, dets)}
         if test.clusters is not None and cfg.n_bootstrap > 0:
             record["fauc_two_way"] = _two_way_fauc(report.matches, test.clusters, cfg)
+        budgets: tuple[float, ...] = getattr(cfg, "fauc_budgets", ())
+        if budgets:
+            record["fauc_at"] = {f"{b:g}": _budget_fauc(report, b, cfg) for b in budgets}
         (evaluations.setdefault(run.group, {}) if run.group else evaluations)[run.label] = record
         curves[run.key] = report.curve
         if run.key in compared:
@@ -263,8 +268,9 @@ def _evaluate_runs(
 def _fauc_by_seed(faucs: dict[RunKey, float], seed: int) -> dict[str, dict[str, float]]:
     """FAUC per label and training seed: the study's own seed and the replicates'."""
     out: dict[str, dict[str, float]] = {}
+    replicated = {key.main() for key in faucs if key.seed is not None}
     for key, value in faucs.items():
-        if not key.variant:
+        if not key.variant or key.main() in replicated:
             run_seed = seed if key.seed is None else key.seed
             out.setdefault(key.main().label, {})[str(run_seed)] = value
     return out
@@ -276,6 +282,22 @@ def _summary(r: Any) -> dict[str, Any]:
     if out.get("ci") is not None:
         out["ci"] = list(out["ci"])
     return out
+
+
+def _budget_fauc(report: EvaluationReport, max_fp: float, cfg: StudyConfig) -> dict[str, Any]:
+    """FAUC over 0–``max_fp`` FP per image of the report's curve, with its image-bootstrap
+    sd (same replicates as the report's)."""
+    estimate = float(fauc(report.curve, max_fp=max_fp))
+    if cfg.n_bootstrap == 0:
+        return {"estimate": estimate, "sd": float("nan")}
+    r = bootstrap(
+        partial(fauc, max_fp=max_fp),
+        report.matches,
+        B=cfg.n_bootstrap,
+        seed=cfg.seed,
+        max_fp=max_fp,
+    )
+    return {"estimate": r.estimate, "sd": r.sd}
 
 
 def _two_way_fauc(matches: Any, clusters: Sequence[Any], cfg: StudyConfig) -> dict[str, Any]:

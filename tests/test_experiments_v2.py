@@ -1,0 +1,132 @@
+"""The 3D study on the v2 phantoms: separate data and initialisation seeds, per-setting
+geometry, failed networks marked, FAUC at several budgets, the seed-level table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from wsdet.experiments.lesions import LesionStudy, LesionStudyConfig, _data, run_lesions
+from wsdet.experiments.report import lesions_markdown
+
+
+def test_v1_data_keys_are_unchanged() -> None:
+    """The cache keys of the v1 study, written out: caches of earlier runs stay valid."""
+    study = LesionStudy(LesionStudyConfig())
+    assert study._data_key("hippocampi") == {
+        "study": "lesions3d",
+        "setting": "hippocampi",
+        "shape": [24, 48, 48],
+        "mean_count": 4.0,
+        "n_train": 240,
+        "n_val": 48,
+        "seed": 0,
+        "distractors": "csf+blobs",
+        "annotation": "volume",
+    }
+
+
+def test_v2_geometry_matching_and_nms() -> None:
+    cfg = LesionStudyConfig.v2()
+    assert cfg.shape_of("midbrain") == (11, 88, 88)
+    assert cfg.spacing_of("midbrain") == (3.0, 0.5, 0.5)
+    # the paper's 6 voxels in-plane = 3 mm, over all axes; NMS 3 slices x 6 x 6
+    assert cfg.match_of("midbrain") == {"radius_mm": 3.0, "spacing": (3.0, 0.5, 0.5)}
+    assert cfg.nms_size_of("midbrain") == (3, 6, 6)
+    # one annotated slice: matched in-plane
+    assert cfg.slice_mode("basal_ganglia") and not cfg.slice_mode("hippocampi")
+    assert cfg.match_of("basal_ganglia") == {"radius_mm": 3.0, "spacing": (0.5, 0.5)}
+    assert cfg.finetune is False and cfg.init_seeds == (100, 200) and cfg.log_baseline
+    with pytest.raises(ValueError, match="unknown setting"):
+        LesionStudyConfig.v2(settings=("thalamus",))
+    with pytest.raises(ValueError, match="phantoms"):
+        LesionStudyConfig(phantoms="v3")  # type: ignore[arg-type]
+
+
+def test_data_seed_is_separate_from_the_initialisation_seed() -> None:
+    small = {"n_train": 2, "n_val": 1, "n_test": 1, "settings": ("midbrain",)}
+    a = _data(LesionStudyConfig.v2(seed=0, data_seed=7, **small), "midbrain")
+    b = _data(LesionStudyConfig.v2(seed=5, data_seed=7, **small), "midbrain")
+    c = _data(LesionStudyConfig.v2(seed=0, data_seed=8, **small), "midbrain")
+    for x, y in zip(a, b, strict=True):
+        assert torch.equal(x.images, y.images)
+    assert not torch.equal(a[0].images, c[0].images)
+    # training, validation and test volumes differ (three data seeds)
+    assert not torch.equal(a[0].images[:1], a[2].images)
+
+
+def _ev(fauc: float, **extra: Any) -> dict[str, Any]:
+    counts = {"n_images": 10, "n_detections": 50, "n_tp": 8, "n_targets": 10}
+    return {"fauc": {"estimate": fauc, "sd": 0.01}, **counts, **extra}
+
+
+def _net(stuck: bool) -> dict[str, Any]:
+    loss = {"best_val_loss": 1.9 if stuck else 1.0, "constant_val_loss": 2.0, "stuck": stuck}
+    return {"epochs": 3, "best_epoch": 2, "stop_reason": "patience", **loss}
+
+
+def test_report_marks_failed_networks_and_tests_across_seeds() -> None:
+    results = {
+        "config": {"methods": ["gp_unet", "grad_cam"], "seed": 0, "max_fp": 15.0},
+        "evaluations": {
+            "midbrain": {
+                "gp_unet": _ev(0.8, fauc_at={"1": {"estimate": 0.5, "sd": 0.02}}, count_mae=1.25),
+                "grad_cam": _ev(0.6, count_mae=2.0),
+                "log": _ev(0.7, log_sigma_mm=1.25),
+            }
+        },
+        "networks": {
+            "midbrain-gpunet": _net(False),
+            "midbrain-basecnn": _net(False),
+            "midbrain-gpunet-seed100": _net(False),
+            "midbrain-basecnn-seed100": _net(True),  # failed: left out
+            "midbrain-gpunet-seed200": _net(False),
+            "midbrain-basecnn-seed200": _net(False),
+        },
+        "fauc_by_seed": {
+            "gp_unet-regression-midbrain": {"0": 0.8, "100": 0.7, "200": 0.9},
+            "grad_cam-regression-midbrain": {"0": 0.6, "100": 0.1, "200": 0.5},
+        },
+        "missing": [],
+    }
+    md = lesions_markdown(results)
+    assert "| midbrain FAUC | 80.0 ± 1.0 | 60.0 ± 1.0 | 70.0 ± 1.0 |" in md
+    assert "| midbrain FAUC 0–1 | 50.0 ± 2.0 | — | — |" in md
+    assert "| midbrain count MAE | 1.25 | 2.00 | — |" in md
+    assert "LoG (training-free)" in md and "σ chosen by FAUC on the validation volumes" in md
+    # grad_cam's seed-100 network failed: excluded; seeds 0 and 200 remain:
+    # differences 0.8 - 0.6 = 20.0 and 0.9 - 0.5 = 40.0 (x100): mean +30.0, both signs
+    # flipped or not: |mean| in {30, 10, 10, 30}: p = 2/4 (its floor with 2 seeds)
+    row = next(r for r in md.splitlines() if r.startswith("| midbrain | Grad-CAM |"))
+    assert row.startswith("| midbrain | Grad-CAM | 60.0 / 10.0 † / 50.0 | 55.0 ± 7.1 | +30.0 (")
+    assert row.endswith("p 0.5 (≥ 0.5) |")
+    # the main table marks failed networks with a dagger only for the study's own seed
+    results["networks"]["midbrain-basecnn"]["stuck"] = True
+    md = lesions_markdown(results)
+    assert "| midbrain FAUC | 80.0 ± 1.0 | 60.0 ± 1.0 † | 70.0 ± 1.0 |" in md
+    assert "left out of any ranking" in md
+
+
+@pytest.mark.slow
+def test_v2_smoke_study_end_to_end(tmp_path: Path) -> None:
+    cfg = LesionStudyConfig.v2(smoke=True, settings=("midbrain", "basal_ganglia"))
+    results = run_lesions(cfg, tmp_path)
+    ev = results["evaluations"]
+    for setting in ("midbrain", "basal_ganglia"):
+        assert {"log", "chance", "gp_unet"} <= set(ev[setting])
+        assert set(ev[setting]["gp_unet"]["fauc_at"]) == {"1", "2"}
+        assert ev[setting]["log"]["log_sigma_mm"] in cfg.log_sigmas_mm
+        assert np.isfinite(ev[setting]["gp_unet"]["count_mae"])
+    assert ev["basal_ganglia"]["gp_unet"]["evaluated_ndim"] == 2
+    # every network of both seeds, and the replicate FAUCs per seed
+    assert "midbrain-gpunet-seed100" in results["networks"]
+    assert set(results["fauc_by_seed"]["gp_unet-regression-midbrain"]) == {"0", "100"}
+    report = (tmp_path / "report.md").read_text()
+    assert "initialisation seeds (0, 100; same data)" in report
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["config"]["phantoms"] == "v2" and saved["config"]["data_seed"] == 1000
