@@ -288,3 +288,16 @@ def test_importing_the_metrics_leaves_torch_out():
     code = "import sys, wsdet.metrics; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_spec_and_a_keyword_it_replaces_are_refused() -> None:
+    """A loose keyword beside the spec that replaces it would be silently ignored."""
+    dets = [([[1, 1]], [0.9])]
+    gts = [[[1, 1]]]
+    with pytest.raises(TypeError, match="froc_spec replaces max_fp"):
+        evaluate(dets, gts, max_fp=1.0, froc_spec=FROCSpec(), n_bootstrap=0)
+    with pytest.raises(TypeError, match="match_spec replaces radius, duplicates"):
+        evaluate(dets, gts, radius=3.0, duplicates="ignore", match_spec=MatchSpec(), n_bootstrap=0)
+    # keywords left at their defaults (6 == 6.0) are fine; the spec's values rule
+    rep = evaluate(dets, gts, radius=6, froc_spec=FROCSpec(max_fp=2.0), n_bootstrap=0)
+    assert rep.max_fp == 2.0

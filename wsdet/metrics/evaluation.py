@@ -517,11 +517,11 @@ def evaluate(
         Pooled (default) or mean per-image sensitivity.
     match_spec : MatchSpec, optional
         The matching options as one object; it replaces ``match``, ``radius``,
-        ``spacing``, ``radius_mm``, ``inclusive``, ``duplicates`` and ``tiebreak`` (leave
-        those at their defaults).
+        ``spacing``, ``radius_mm``, ``inclusive``, ``duplicates`` and ``tiebreak``: a
+        value other than the default beside the spec raises ``TypeError``.
     froc_spec : FROCSpec, optional
         The curve options as one object; it replaces ``max_fp``, ``interpolation``,
-        ``fps``, ``compat`` and ``sensitivity`` (leave those at their defaults).
+        ``fps``, ``compat`` and ``sensitivity``, likewise.
 
     Returns
     -------
@@ -545,6 +545,31 @@ def evaluate(
     >>> rep.matches[0].det_label.tolist()
     [1, 0]
     """
+    loose_match = {
+        "match": (match, "points"),
+        "radius": (radius, 6.0),
+        "spacing": (spacing, None),
+        "radius_mm": (radius_mm, None),
+        "inclusive": (inclusive, True),
+        "duplicates": (duplicates, "fp"),
+        "tiebreak": (tiebreak, "distance"),
+    }
+    loose_froc = {
+        "max_fp": (max_fp, None),
+        "interpolation": (interpolation, "linear"),
+        "fps": (fps, None),
+        "compat": (compat, None),
+        "sensitivity": (sensitivity, "micro"),
+    }
+    for spec, name, loose in (
+        (match_spec, "match_spec", loose_match),
+        (froc_spec, "froc_spec", loose_froc),
+    ):
+        given = [k for k, (value, default) in loose.items() if not _same(value, default)]
+        if spec is not None and given:
+            raise TypeError(
+                f"{name} replaces {', '.join(given)}: pass them in the spec, not beside it"
+            )
     if match_spec is None:
         match_spec = MatchSpec(match, radius, spacing, radius_mm, inclusive, duplicates, tiebreak)
     if froc_spec is None:
@@ -556,3 +581,13 @@ def evaluate(
     if not ev.n_images:
         raise ValueError("detections is empty: there is nothing to evaluate")
     return ev._report()
+
+
+def _same(value: object, default: object) -> bool:
+    """Whether a keyword was left at its default (``6`` equals ``6.0``; arrays never do)."""
+    if value is None or default is None:
+        return value is default
+    try:
+        return bool(value == default)
+    except (TypeError, ValueError):
+        return False
