@@ -140,9 +140,10 @@ class _FakeStudy:
     """Two images with one target each; run "hit" finds both (FAUC 1), run "miss" finds
     none (FAUC 0) with one false positive per image; a replicate of "hit" misses."""
 
-    def __init__(self) -> None:
+    def __init__(self, objects: bool = False) -> None:
         self._config = _Config()
         self.figure_calls: list[Any] = []
+        self.objects = objects
 
     @property
     def config(self) -> _Config:
@@ -152,7 +153,14 @@ class _FakeStudy:
         from wsdet.experiments.runner import Plan, Run, TestSet
 
         targets = [np.array([[2.0, 2.0]]), np.array([[5.0, 5.0]])]
-        test = TestSet(torch.zeros(2, 1, 8, 8), targets, {"radius": 1.0})
+        # with objects: both targets show object 7; every detection lies on object 3
+        clusters = [np.array([7]), np.array([7])] if self.objects else None
+
+        def on(i: int, points: np.ndarray) -> np.ndarray:
+            return np.full(len(points), 3)
+
+        object_at = on if self.objects else None
+        test = TestSet(torch.zeros(2, 1, 8, 8), targets, {"radius": 1.0}, None, clusters, object_at)
         keys = [RunKey("hit"), RunKey("miss"), RunKey("hit", seed=9)]
         runs = [Run(k, k.label, k.label, None, "g") for k in keys]
         a, b = keys[:2]
@@ -201,6 +209,22 @@ def test_run_study_evaluates_compares_and_reports(tmp_path: Path) -> None:
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["evaluations"] == json.loads(json.dumps(ev))
     assert study.figure_calls == [(["hit-regression", "miss-regression"], {})]
+
+
+def test_run_study_adds_the_two_way_bootstrap_when_objects_repeat(tmp_path: Path) -> None:
+    from wsdet.experiments.runner import run_study
+
+    results = run_study(_FakeStudy(objects=True), tmp_path)
+    hit = results["evaluations"]["g"]["hit-regression"]
+    two = hit["fauc_two_way"]
+    assert two["estimate"] == hit["fauc"]["estimate"] == pytest.approx(1.0)
+    assert two["n_objects"] == 1  # one distinct target object
+    comparison = results["comparisons"]["hit vs miss"]
+    assert comparison["two_way"]["difference"] == pytest.approx(1.0)
+    assert set(comparison["two_way"]) >= {"sd", "ci", "p_value"}
+    plain = run_study(_FakeStudy(), tmp_path / "plain")
+    assert "fauc_two_way" not in plain["evaluations"]["g"]["hit-regression"]
+    assert "two_way" not in plain["comparisons"]["hit vs miss"]
 
 
 def test_fauc_by_seed_keys_the_replicates_by_their_seed() -> None:
@@ -276,3 +300,24 @@ def test_target_digits_are_the_pool_images_drawn_in_the_target_boxes() -> None:
             assert labels[d] == 4
     # only 3 distinct "4"s: the grids reuse them
     assert len({int(d) for digits in per_grid for d in digits}) <= 3
+
+
+def test_digit_under_names_the_pool_digit_of_each_point() -> None:
+    from wsdet.data.mnist import MNISTGrid
+    from wsdet.experiments.mnist import digit_under
+
+    rng = np.random.default_rng(2)
+    pool = rng.integers(0, 256, size=(10, 28, 28), dtype=np.uint8)
+    grids = MNISTGrid(pool, np.arange(10), target=4, n_images=3, rows=2, cols=3, seed=0)
+    under = digit_under(grids)
+    # a point in cell (1, 2) of grid 1, one at a cell's first pixel, one outside the grid
+    pts = np.array([[28 + 13, 56 + 27], [0, 0], [56, 0]])
+    got = under(1, pts)
+    assert got.tolist() == [
+        grids.cell_indices[1][1, 2],
+        grids.cell_indices[1][0, 0],
+        -1,
+    ]
+    # the pixels of the named digit are the ones drawn there
+    crop = grids.images[1, 0, 28:56, 56:84].numpy()
+    np.testing.assert_allclose(crop, pool[got[0]] / 255.0, atol=1e-6)

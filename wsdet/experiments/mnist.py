@@ -11,7 +11,7 @@ rounded predicted count.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -128,6 +128,22 @@ def target_digits(grids: MNISTGrid) -> list[np.ndarray]:
     return [cells[mask] for cells, mask in zip(grids.cell_indices, is_target, strict=True)]
 
 
+def digit_under(grids: MNISTGrid) -> Callable[[int, np.ndarray], np.ndarray]:
+    """``f(i, points)``: the pool index of the digit under each point ``(row, col)`` of
+    grid ``i`` (every cell holds a digit; points outside the grid get -1)."""
+    h, w = grids.cell_shape
+
+    def under(i: int, points: np.ndarray) -> np.ndarray:
+        pts = np.asarray(points, dtype=np.int64).reshape(-1, 2)
+        r, c = pts[:, 0] // h, pts[:, 1] // w
+        inside = (r >= 0) & (r < grids.rows) & (c >= 0) & (c < grids.cols)
+        out = np.full(len(pts), -1, dtype=np.int64)
+        out[inside] = grids.cell_indices[i][r[inside], c[inside]]
+        return out
+
+    return under
+
+
 class MNISTStudy:
     """The MNIST study as a :class:`~wsdet.experiments.runner.Study`.
 
@@ -177,7 +193,11 @@ class MNISTStudy:
         return Plan(
             jobs=self._jobs(splits),
             runs=self._runs(),
-            tests={"": TestSet(test.images, test.boxes, {"match": "boxes"}, test, digits)},
+            tests={
+                "": TestSet(
+                    test.images, test.boxes, {"match": "boxes"}, test, digits, digit_under(test)
+                )
+            },
             comparisons=self._comparisons(),
             figure_maps=shown,
             seed_table=True,

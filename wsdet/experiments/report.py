@@ -228,7 +228,8 @@ def _two_way_table(results: dict[str, Any]) -> list[str]:
         f"The test grids' {n_targets} target digits are {n_obj} distinct images (each shown "
         f"{n_targets / max(n_obj, 1):.1f} times on average), which the image bootstrap above "
         "treats as independent. Resampling grids and, independently, distinct digits "
-        "(two-way bootstrap):",
+        "(two-way bootstrap: each target by its digit, each false positive by the digit it "
+        "lies on):",
         "",
         "| run | FAUC ×100 ± sd (grids) | ± sd (grids and digits) | 95% CI (grids and digits) |",
         "| --- | --- | --- | --- |",

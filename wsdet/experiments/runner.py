@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -75,6 +75,8 @@ class TestSet:
     ``clusters``: per image, one object label per target when test images reuse objects
     (the MNIST test grids reuse digits): the FAUC and the comparisons then also get a
     two-way bootstrap over images and objects (:func:`~wsdet.metrics.two_way_bootstrap`).
+    ``object_at(i, points)``: the object label under each of image ``i``'s detections
+    (``-1``: none), so that false positives on a repeated look-alike are resampled with it.
     """
 
     images: torch.Tensor
@@ -82,6 +84,7 @@ class TestSet:
     match: dict[str, Any]
     data: Any = None
     clusters: Sequence[Any] | None = None
+    object_at: Callable[[int, np.ndarray], np.ndarray] | None = None
 
 
 @dataclass(frozen=True)
@@ -253,15 +256,20 @@ def _evaluate_runs(
         if replicate:
             continue
         record = {**report.to_dict(), "detect_seconds": seconds, **study.record(run, dets)}
+        on = (
+            None
+            if test.object_at is None
+            else [test.object_at(i, d.points) for i, d in enumerate(dets)]
+        )
         if test.clusters is not None and cfg.n_bootstrap > 0:
-            record["fauc_two_way"] = _two_way_fauc(report.matches, test.clusters, cfg)
+            record["fauc_two_way"] = _two_way_fauc(report, test.clusters, on, cfg)
         budgets: tuple[float, ...] = getattr(cfg, "fauc_budgets", ())
         if budgets:
             record["fauc_at"] = {f"{b:g}": _budget_fauc(report, b, cfg) for b in budgets}
         (evaluations.setdefault(run.group, {}) if run.group else evaluations)[run.label] = record
         curves[run.key] = report.curve
         if run.key in compared:
-            matches[run.key] = report.matches  # the matches behind the report
+            matches[run.key] = (report, on)  # the report keeps its matches
     return evaluations, curves, faucs, matches
 
 
@@ -300,46 +308,52 @@ def _budget_fauc(report: EvaluationReport, max_fp: float, cfg: StudyConfig) -> d
     return {"estimate": r.estimate, "sd": r.sd}
 
 
-def _two_way_fauc(matches: Any, clusters: Sequence[Any], cfg: StudyConfig) -> dict[str, Any]:
-    """FAUC with its two-way bootstrap (images and objects) and the number of objects."""
+def _two_way_fauc(
+    report: EvaluationReport, clusters: Sequence[Any], on: Any, cfg: StudyConfig
+) -> dict[str, Any]:
+    """FAUC with its two-way bootstrap (images and objects; false positives on objects when
+    ``on`` labels the detections), and the number of distinct target objects."""
     r = two_way_bootstrap(
-        partial(fauc, max_fp=cfg.max_fp),
-        matches,
+        partial(fauc, max_fp=report.max_fp),
+        report.matches,
         clusters,
         B=cfg.n_bootstrap,
         seed=cfg.seed,
         ci=0.95,
+        fp_clusters=on,
     )
-    distinct = len({c for per_image in clusters for c in np.asarray(per_image).tolist()})
-    return {**_summary(r), "n_objects": distinct}
+    counted = zip(report.matches, clusters, strict=True)
+    objects = {int(c) for m, per in counted for c in np.asarray(per)[~m.gt_ignored]}
+    return {**_summary(r), "n_objects": len(objects)}
 
 
 def _compare(
     pairs: list[tuple[str, RunKey, RunKey]],
-    matches: dict[RunKey, Any],
+    evaluated: dict[RunKey, Any],
     cfg: StudyConfig,
     clusters: dict[RunKey, Sequence[Any] | None],
 ) -> dict[str, Any]:
-    """Paired bootstrap FAUC differences of the pairs whose runs were both evaluated (and
-    their two-way versions where the test images reuse objects)."""
-    fn = partial(fauc, max_fp=cfg.max_fp)
+    """Paired bootstrap FAUC differences of the pairs whose runs were both evaluated (with
+    the reports' own matching and curve options), and their two-way versions where the test
+    images reuse objects."""
     out: dict[str, Any] = {}
     for name, a, b in pairs:
-        if a in matches and b in matches:
-            r = paired_bootstrap(
-                fn,
-                matches[a],
-                matches[b],
-                B=cfg.n_bootstrap,
-                seed=cfg.seed,
-                ci=0.95,
-                max_fp=cfg.max_fp,
-            )
-            out[name] = _summary(r)
+        if a in evaluated and b in evaluated:
+            (report_a, on_a), (report_b, on_b) = evaluated[a], evaluated[b]
+            b_, seed = cfg.n_bootstrap, cfg.seed
+            out[name] = _summary(paired_bootstrap(report_a, report_b, B=b_, seed=seed, ci=0.95))
             objects = clusters.get(a)
-            if objects is not None and cfg.n_bootstrap > 0:
+            if objects is not None and b_ > 0:
                 two = two_way_paired_bootstrap(
-                    fn, matches[a], matches[b], objects, B=cfg.n_bootstrap, seed=cfg.seed, ci=0.95
+                    partial(fauc, max_fp=report_a.max_fp),
+                    report_a.matches,
+                    report_b.matches,
+                    objects,
+                    B=b_,
+                    seed=seed,
+                    ci=0.95,
+                    fp_clusters_a=on_a,
+                    fp_clusters_b=on_b,
                 )
                 out[name]["two_way"] = _summary(two)
     return out
