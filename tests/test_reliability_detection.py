@@ -210,3 +210,21 @@ def test_input_on_another_device_names_both_devices():
     det = wsdet.Detector(pooled_net().cuda())
     with pytest.raises(TypeError, match=r"x is on cpu but the model's parameters are on cuda"):
         det.count(torch.rand(1, 1, 16, 16))
+
+
+def test_per_axis_arguments_accept_arrays_and_integral_floats() -> None:
+    """Sizes and borders per axis as a NumPy array or integral floats, as before."""
+    from wsdet.detection import find_peaks_batch
+
+    maps = torch.rand(2, 9, 8, generator=torch.Generator().manual_seed(0))
+    ref = find_peaks_batch(maps, size=3, exclude_border=1)
+    for kw in (
+        {"size": np.array([3, 3]), "exclude_border": np.array([1, 1])},
+        {"size": (3.0, 3.0), "exclude_border": 1.0},
+    ):
+        got = find_peaks_batch(maps, **kw)
+        for (p, s), (rp, rs) in zip(got, ref, strict=True):
+            assert np.array_equal(np.asarray(p), np.asarray(rp))
+            assert np.array_equal(np.asarray(s), np.asarray(rs))
+    with pytest.raises(TypeError, match="size must be an int"):
+        find_peaks_batch(maps, size=2.5)

@@ -107,13 +107,22 @@ def apply_negatives(maps: Tensor, negatives: Negatives) -> Tensor:
 
 
 def _per_axis(name: str, value: SizeArg, ndim: int | None, minimum: int) -> tuple[int, ...]:
-    """``value`` (one int, or one int per spatial axis) as ``ndim`` checked ints
-    (``ndim=None``: any number of axes, one for a single int)."""
+    """``value`` (one int, or one int per spatial axis: a sequence or a 1-D array) as
+    ``ndim`` checked ints (``ndim=None``: any number of axes, one for a single int).
+    Integral floats (``3.0``) are taken as ints."""
+
+    def one(label: str, v: object) -> int:
+        if isinstance(v, float | np.floating) and float(v).is_integer():
+            v = int(v)
+        return check_int(label, v, minimum=minimum)
+
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
     if isinstance(value, Sequence) and not isinstance(value, str):
         if ndim is not None and len(value) != ndim:
             raise ValueError(f"{name} must be an int or a sequence of {ndim} ints, got {value!r}")
-        return tuple(check_int(f"{name}[{i}]", v, minimum=minimum) for i, v in enumerate(value))
-    return (check_int(name, value, minimum=minimum),) * (1 if ndim is None else ndim)
+        return tuple(one(f"{name}[{i}]", v) for i, v in enumerate(value))
+    return (one(name, value),) * (1 if ndim is None else ndim)
 
 
 def _min_value(min_value: float | None) -> float | None:
