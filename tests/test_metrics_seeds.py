@@ -74,3 +74,15 @@ def test_only_common_seeds_count_and_bad_input() -> None:
         compare_seeds({"0": 1.0}, {"0": 1.0}, level=1.0)
     with pytest.raises(TypeError, match="mapping"):
         compare_seeds([1.0], {"0": 1.0})  # type: ignore[arg-type]
+
+
+def test_zero_differences_many_seeds_and_int_keys() -> None:
+    # a seed where both methods tie flips to itself: the floor is that of the other two
+    r = compare_seeds({0: 0.9, 1: 0.8, 2: 0.5}, {0: 0.7, 1: 0.6, 2: 0.5})
+    assert r.seeds == ("0", "1", "2")  # keys as strings
+    assert r.min_p_value == 0.5 and r.p_value == 0.5 and r.exact
+    # 25 seeds, all a > b: an exact test would enumerate 2**25 flips; the random one
+    # gives (1 + hits) / (1 + 100000) with hits = 0 here (only 2 of 2**25 flips reach it)
+    many = compare_seeds({i: 1.0 + i for i in range(25)}, {i: 0.0 for i in range(25)})
+    assert not many.exact and many.p_value == pytest.approx(1 / 100_001)
+    assert many.wins == 25 and many.min_p_value == pytest.approx(2 / 2**25)
