@@ -133,16 +133,6 @@ def test_replicate_equals_the_expanded_data(seed: int, on_objects: bool) -> None
         np.testing.assert_allclose(curves.fp_avg[b, idx], ref.fp_avg, atol=1e-12)
 
 
-def test_estimate_and_image_weights_match_the_image_bootstrap() -> None:
-    rng = np.random.default_rng(3)
-    results, clusters, _ = _random_data(rng, 30, 6)
-    fn = partial(fauc, max_fp=2.0)
-    two = two_way_bootstrap(fn, results, clusters, B=300, seed=5, ci=0.9)
-    one = bootstrap(fn, results, B=300, seed=5, ci=0.9)
-    assert two.estimate == one.estimate
-    assert two.ci is not None and two.ci_level == 0.9 and two.replicates.shape == (300,)
-
-
 def test_repeated_objects_widen_the_interval() -> None:
     """60 images x 2 targets showing 6 objects; objects 0-1 are always found, 2-5 never
     (what is hard is the object, not the image). Resampling images alone sees 120

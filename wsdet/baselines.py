@@ -292,7 +292,7 @@ def log_detections(
     size: int | Sequence[int] = 6,
 ) -> list[Detections]:
     """Every NMS candidate (:func:`wsdet.detect_maps` with ``n="all"``) of the LoG map
-    (:func:`log_maps`) of each image, in 3D.
+    (:func:`log_maps`) of each image, in 2D or 3D (``spacing`` per axis).
 
     Examples
     --------

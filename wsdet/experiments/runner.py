@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypedDict
+from typing import Any, ClassVar, Protocol, TypedDict
 
 import numpy as np
 import torch
@@ -40,9 +40,6 @@ from wsdet.metrics import (
     two_way_bootstrap,
     two_way_paired_bootstrap,
 )
-
-if TYPE_CHECKING:  # typing.Unpack is Python >= 3.11; annotations are not evaluated
-    pass
 
 __all__ = ["Plan", "Run", "RunOptions", "Study", "StudyConfig", "TestSet", "Trained", "run_study"]
 

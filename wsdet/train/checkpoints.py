@@ -189,7 +189,7 @@ def write_best(out_dir: Path, run: _Run, head: str, config: TrainConfig) -> None
     atomic_save(
         {
             "format": _MODEL_FORMAT,
-            "model": {k: standard_strides(v.contiguous()) for k, v in model.items()},
+            "model": {k: standard_strides(v) for k, v in model.items()},
             "epoch": run.best_epoch,
             "val_loss": run.best_loss,
             "objective": config.objective,

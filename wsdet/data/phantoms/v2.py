@@ -13,7 +13,8 @@ training-free blob filter scores near 100 on two of the three settings. The v2 s
   centres lie anywhere between two slice centres, so the same lesion is sampled at
   different heights of its profile. The CSF-like distractors are blurred along ``z``
   after sampling (a Gaussian filter of the same slice profile).
-* **Contrast-to-noise ratio** (``cnr``, 2–5 instead of about 18 in v1)::
+* **Contrast-to-noise ratio** (``cnr``: 2.0, 3.0 and 2.5 in the three settings, instead
+  of about 18 in v1)::
 
       CNR = mean(lesion peak - tissue) / noise sd
 
@@ -110,7 +111,9 @@ class PhantomSettingV2:
     min_distance : float
         Minimum distance between lesion centres, mm.
     lookalikes : (int, int)
-        Range of the number of look-alike tubes per volume (uniform); ``(0, 0)``: none.
+        Range of the number of look-alike tubes drawn per volume (uniform); ``(0, 0)``:
+        none. A look-alike that finds no room (after a few tries) is left out, so a crowded
+        volume may hold fewer.
     lookalike_length : (float, float)
         Their length, mm (their width and contrast are drawn like a lesion's).
     touching_fraction : float
