@@ -237,7 +237,7 @@ def test_specs_validate_and_group_the_keywords():
         FROCSpec(compat="picai")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="match_spec must be a MatchSpec"):
         Evaluation(FROCSpec())  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="ci must be a confidence level"):
+    with pytest.raises(ValueError, match=r"ci must be a finite number in \(0, 1\)"):
         Evaluation(ci=95)
     spec = MatchSpec(spacing=np.array([1.0, 2.0]))
     assert spec.spacing == (1.0, 2.0) and hash(spec) == hash(MatchSpec(spacing=[1.0, 2.0]))

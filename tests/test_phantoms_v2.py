@@ -169,7 +169,11 @@ def test_deterministic_prefix_and_noise_free_geometry() -> None:
         ({"cnr": 0.0}, ValueError, "cnr must be a finite number > 0"),
         ({"shape": (11, 88)}, ValueError, "shape must be three ints"),
         ({"spacing": (3.0, 0.5, -1.0)}, ValueError, "spacing must be a finite number > 0"),
-        ({"touching_fraction": 1.5}, ValueError, "touching_fraction must be a probability"),
+        (
+            {"touching_fraction": 1.5},
+            ValueError,
+            r"touching_fraction must be a finite number in \[0, 1\]",
+        ),
         ({"dispersion": 0}, ValueError, "dispersion must be a finite number > 0"),
         ({"contrast": (0.2, 0.1)}, ValueError, "contrast must satisfy"),
         ({"lookalikes": (2.5, 3)}, TypeError, r"lookalikes\[0\] must be an int"),

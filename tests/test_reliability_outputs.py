@@ -60,7 +60,7 @@ def test_attention_grid_argument_errors_name_the_argument():
 
 def test_overlay_argument_errors():
     img = np.zeros((3, 3))
-    with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"alpha must be a finite number in \[0, 1\]"):
         overlay(img, img, alpha=1.5)
     with pytest.raises(TypeError, match="colorbar must be a bool"):
         overlay(img, img, colorbar="False")  # type: ignore[arg-type]

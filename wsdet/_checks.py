@@ -67,12 +67,22 @@ def check_float(
     positive: bool = False,
     nonnegative: bool = False,
     unit: bool = False,
+    probability: bool = False,
+    level: bool = False,
     finite: bool = True,
 ) -> float:
     """``value`` as a ``float`` (any real number, not ``bool``).
 
     ``positive``: ``> 0``; ``nonnegative``: ``>= 0``; ``unit``: in ``[0, 1)``;
+    ``probability``: in ``[0, 1]``; ``level`` (a confidence level): in ``(0, 1)``;
     ``finite`` (default): not NaN or infinite (NaN is always rejected).
+
+    >>> check_float("alpha", 1.0, probability=True)
+    1.0
+    >>> check_float("ci", 1.0, level=True)
+    Traceback (most recent call last):
+    ...
+    ValueError: ci must be a finite number in (0, 1); got 1.0
     """
     if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.number):
         raise TypeError(f"{name} must be a real number; got {type(value).__name__} {value!r}")
@@ -84,6 +94,10 @@ def check_float(
         bad, kind = bad or not v > 0, "> 0"
     elif unit:
         bad, kind = bad or not 0 <= v < 1, "in [0, 1)"
+    elif probability:
+        bad, kind = bad or not 0 <= v <= 1, "in [0, 1]"
+    elif level:
+        bad, kind = bad or not 0 < v < 1, "in (0, 1)"
     elif nonnegative:
         bad, kind = bad or not v >= 0, ">= 0"
     else:

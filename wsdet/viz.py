@@ -104,10 +104,7 @@ def _image_and_map(image: Any, amap: Any, ndim: int) -> tuple[np.ndarray, np.nda
 
 
 def _opacity(alpha: object) -> float:
-    a = check_float("alpha", alpha, nonnegative=True)
-    if a > 1:
-        raise ValueError(f"alpha must be in [0, 1]; got {alpha!r}")
-    return a
+    return check_float("alpha", alpha, probability=True)
 
 
 def _optional_str(name: str, value: object) -> None:
@@ -335,8 +332,7 @@ def froc_band(
     """
     from wsdet.metrics import bootstrap_weights, sensitivity_at_fp, weighted_froc_curves
 
-    if not 0 < check_float("level", level) < 1:
-        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    check_float("level", level, level=True)
     if fp is None:
         grid = np.linspace(0.0, check_float("max_fp", max_fp, positive=True), 200)
     else:

@@ -161,7 +161,4 @@ def check_ci(ci: float | None) -> float | None:
     """Validate a confidence level in ``(0, 1)`` (or None)."""
     if ci is None:
         return None
-    level = check_float("ci", ci)
-    if not 0 < level < 1:
-        raise ValueError(f"ci must be a confidence level in (0, 1), e.g. 0.95; got {ci!r}")
-    return level
+    return check_float("ci", ci, level=True)

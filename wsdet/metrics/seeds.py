@@ -98,9 +98,7 @@ def compare_seeds(
     >>> round(r.mean, 4), r.wins, r.p_value, r.min_p_value
     (0.1, 3, 0.25, 0.25)
     """
-    level = check_float("level", level)
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1); got {level}")
+    level = check_float("level", level, level=True)
     for name, m in (("a", a), ("b", b)):
         if not isinstance(m, Mapping):
             raise TypeError(f"{name} must be a mapping of seed to value; got {type(m).__name__}")

@@ -124,9 +124,9 @@ class MNISTGrid(Dataset[dict[str, Any]]):
         self.n_images = check_int("n_images", n_images, minimum=0)
         self.rows = check_int("rows", rows, minimum=1)
         self.cols = check_int("cols", cols, minimum=1)
-        self.positive_fraction = check_float("positive_fraction", positive_fraction)
-        if not 0.0 <= self.positive_fraction <= 1.0:
-            raise ValueError(f"positive_fraction must be in [0, 1]; got {positive_fraction!r}")
+        self.positive_fraction = check_float(
+            "positive_fraction", positive_fraction, probability=True
+        )
         self.seed = seed
         rng = np.random.default_rng(seed)
         cells = _sample_cells(

@@ -177,7 +177,9 @@ class PhantomSettingV2:
             "min_distance": check_float("min_distance", self.min_distance, nonnegative=True),
             "lookalikes": _check_count_range("lookalikes", self.lookalikes),
             "lookalike_length": _check_range("lookalike_length", self.lookalike_length, 1e-3),
-            "touching_fraction": _check_unit("touching_fraction", self.touching_fraction),
+            "touching_fraction": check_float(
+                "touching_fraction", self.touching_fraction, probability=True
+            ),
             "csf": check_bool("csf", self.csf),
             "csf_contrast": _check_range("csf_contrast", self.csf_contrast, lo=1e-6),
             "slice_fwhm": check_float("slice_fwhm", self.slice_fwhm, nonnegative=True),
@@ -203,14 +205,6 @@ class PhantomSettingV2:
         """Gaussian sigma (mm) of the partial-volume blur along ``(z, y, x)``."""
         s = _FWHM_TO_SIGMA
         return np.array([self.slice_fwhm * s, self.psf_fwhm * s, self.psf_fwhm * s])
-
-
-def _check_unit(name: str, value: object) -> float:
-    """A probability in ``[0, 1]``."""
-    v = check_float(name, value)
-    if not 0.0 <= v <= 1.0:
-        raise ValueError(f"{name} must be a probability in [0, 1]; got {value!r}")
-    return v
 
 
 #: The three v2 settings (see ``docs/phantoms_v2.md`` for the table).
