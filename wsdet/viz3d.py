@@ -173,16 +173,13 @@ def orthogonal_slices(
         else the first target, else the centre.
     slab : float, default 1.0
         Half-thickness (voxels) of the slab whose markers a slice shows.
-    points, targets : array_like, optional
-        ``(k, 3)`` detections (red crosses) and targets (green circles), in voxel indices;
-        drawn on a slice when within ``slab`` voxels of it.
-    spacing : sequence of 3 float, optional
-        Voxel sizes (mm) for the aspect, when there is no ``affine``.
-    affine : array_like, optional
-        The volume's 4x4 affine: gives the voxel sizes and the plane names.
-    alpha, cmap, title, panel_size
-        Map opacity (default 0.5) and colormap (default by the map's sign), figure title,
-        panel size in inches (default 3.2).
+    **options : ViewOptions
+        ``points``, ``targets``: ``(k, 3)`` detections (red crosses) and targets (green
+        circles), in voxel indices, drawn on a slice when within ``slab`` voxels of it;
+        ``spacing``: voxel sizes (mm) for the aspect, when there is no ``affine``;
+        ``affine``: the volume's 4x4 affine (voxel sizes and plane names); ``alpha``,
+        ``cmap``: map opacity (default 0.5) and colormap (default by the map's sign);
+        ``title``; ``panel_size``: panel size in inches (default 3.2).
 
     Returns
     -------

@@ -206,10 +206,12 @@ class GridSampler:
 
     Parameters
     ----------
-    digits, labels, target, n_images, rows, cols, positive_fraction
+    digits, labels, target, n_images
         As for :class:`MNISTGrid`.
     seed : int
         Base seed; epoch ``e`` uses the seed sequence ``(seed, e)``.
+    **layout : GridLayout
+        ``rows``, ``cols`` and ``positive_fraction``, as for :class:`MNISTGrid`.
 
     Examples
     --------
