@@ -43,6 +43,8 @@ from scipy import ndimage as ndi
 from torch import Tensor
 
 from wsdet._checks import check_choice, check_float, check_int
+from wsdet._per_image import NArg as NArg
+from wsdet._per_image import parse_counts, parse_n
 from wsdet.metrics.report import round_half_up
 
 __all__ = [
@@ -58,7 +60,6 @@ __all__ = [
 
 Negatives = Literal["clip", "abs", "keep"]
 SizeArg = Union[int, Sequence[int]]
-NArg = Union[None, int, float, Sequence[Union[int, float]], Literal["all"]]
 Backend = Literal["auto", "scipy", "torch"]
 
 
@@ -427,77 +428,6 @@ def _as_tensor(x: Any, name: str) -> Tensor:
     return t
 
 
-def parse_n(n: NArg, batch: int) -> list[Any]:
-    """One ``n`` per image: ``None``, ``"all"``, or a non-negative finite number.
-
-    Parameters
-    ----------
-    n : None, "all", number, or sequence of numbers
-        ``None`` (keep the rounded predicted count), ``"all"``, one non-negative number for
-        every image, or ``batch`` of them (list, numpy array or tensor).
-    batch : int
-        The number of images.
-
-    Returns
-    -------
-    list
-        ``batch`` entries, each ``None``, ``"all"`` or a number.
-
-    Examples
-    --------
-    >>> parse_n(2, 3), parse_n("all", 2), parse_n([1, 2.5], 2)
-    ([2, 2, 2], ['all', 'all'], [1, 2.5])
-    """
-
-    def ok(v: Any) -> bool:
-        return bool(
-            isinstance(v, (int, float, np.integer, np.floating))
-            and not isinstance(v, bool)
-            and np.isfinite(v)
-            and v >= 0
-        )
-
-    if n is None or (isinstance(n, str) and n == "all"):
-        return [n] * batch
-    if isinstance(n, (np.ndarray, Tensor)) and n.ndim == 0:
-        n = n.item()
-    if ok(n):
-        return [n] * batch
-    if isinstance(n, (Sequence, np.ndarray, Tensor)) and not isinstance(n, str):
-        vals = list(n.tolist() if isinstance(n, (np.ndarray, Tensor)) else n)
-        if len(vals) != batch or not all(ok(v) for v in vals):
-            raise ValueError(
-                f"n must be None, 'all', a non-negative number, or {batch} non-negative "
-                f"numbers (one per image), got {n!r}"
-            )
-        return vals
-    raise ValueError(
-        f"n must be None, 'all', a non-negative number, or one number per image, got {n!r}"
-    )
-
-
-def _parse_counts(counts: Any, batch: int) -> np.ndarray | None:
-    if counts is None:
-        return None
-    if isinstance(counts, Tensor):
-        arr = counts.detach().float().cpu().numpy()  # float32, as Detector.detect reads them
-    else:
-        try:
-            arr = np.asarray(counts, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise TypeError(
-                f"counts must be None or {batch} numbers (one per image), got {counts!r}"
-            ) from None
-    if arr.ndim == 2 and arr.shape[1] == 1:
-        arr = arr[:, 0]
-    if arr.shape != (batch,):
-        raise ValueError(
-            f"counts must hold one number per image: expected shape ({batch},), "
-            f"got {tuple(arr.shape)}"
-        )
-    return arr
-
-
 def detect_maps(
     maps: Tensor | np.ndarray,
     *,
@@ -571,7 +501,7 @@ def detect_maps(
     check_detect_options(t.ndim - 1, size=size, negatives=negatives, min_value=min_value)
     b = t.shape[0]
     ns = parse_n(n, b)
-    cs = _parse_counts(counts, b)
+    cs = parse_counts(counts, b)
     if cs is None and n is None:
         raise ValueError(
             "counts is required with n=None (the top-n is the rounded predicted count): pass "

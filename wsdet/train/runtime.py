@@ -1,4 +1,5 @@
-"""What a training run looks like while it runs: progress display and memory formats."""
+"""What a training run looks like while it runs: its session state, progress display and
+memory formats."""
 
 from __future__ import annotations
 
@@ -8,12 +9,18 @@ import itertools
 import logging
 import sys
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from wsdet.train.config import ProgressMode
+
+if TYPE_CHECKING:  # annotations only (the checkpoints module imports this one)
+    from wsdet.data.loading import TrainInput
+    from wsdet.distributed import Collective
+    from wsdet.train.checkpoints import _Run
 
 logger = logging.getLogger("wsdet.train")
 
@@ -150,3 +157,31 @@ def restore_standard_strides(model: nn.Module) -> None:
     with torch.no_grad():
         for t in itertools.chain(model.parameters(), model.buffers()):
             t.data = standard_strides(t.data)
+
+
+@dataclass
+class FitSession:
+    """What one call of :meth:`Trainer.fit` works with, and where it stands."""
+
+    comm: Collective
+    train: TrainInput
+    val: TrainInput
+    val_tensors: tuple[torch.Tensor, torch.Tensor] | None
+    val_shape: tuple[int, ...]
+    fmt: torch.memory_format
+    head: str  # dotted name of the head the target scaling folds into
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    batch_size: int
+    eval_batch_size: int
+    cuda_devices: list[int]
+    writes: bool  # this process writes the files (rank 0, with an out_dir)
+    progress_mode: str
+    state: dict[str, Any] | None  # the training state resumed from
+    run: _Run
+    in_counts: bool = True  # the head predicts counts (not standardised units)
+    progress: _Progress | None = None
+
+    @property
+    def ndim(self) -> int:
+        return len(self.val_shape)

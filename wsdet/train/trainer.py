@@ -5,9 +5,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +15,6 @@ from torch import nn
 from wsdet._checks import PathLike, check_int
 from wsdet._modules import eval_mode, one_value_per_sample
 from wsdet.data.loading import (
-    TrainInput,
     as_eval_input,
     as_train_input,
     gather_outputs,
@@ -51,6 +49,7 @@ from wsdet.train.config import (
     make_optimizer,
 )
 from wsdet.train.runtime import (
+    FitSession,
     _channels_last,
     _Progress,
     _set_memory_format,
@@ -68,34 +67,6 @@ from wsdet.train.scaling import (
 __all__ = ["Trainer"]
 
 logger = logging.getLogger("wsdet.train")
-
-
-@dataclass
-class _Session:
-    """What one call of :meth:`Trainer.fit` works with, and where it stands."""
-
-    comm: Collective
-    train: TrainInput
-    val: TrainInput
-    val_tensors: tuple[torch.Tensor, torch.Tensor] | None
-    val_shape: tuple[int, ...]
-    fmt: torch.memory_format
-    head: str  # dotted name of the head the target scaling folds into
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    batch_size: int
-    eval_batch_size: int
-    cuda_devices: list[int]
-    writes: bool  # this process writes the files (rank 0, with an out_dir)
-    progress_mode: str
-    state: dict[str, Any] | None  # the training state resumed from
-    run: _Run
-    in_counts: bool = True  # the head predicts counts (not standardised units)
-    progress: _Progress | None = None
-
-    @property
-    def ndim(self) -> int:
-        return len(self.val_shape)
 
 
 class Trainer:
@@ -346,7 +317,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ fit, step by step
 
-    def _prepare(self, train: TrainData, val: ValData, resume: bool | PathLike) -> _Session:
+    def _prepare(self, train: TrainData, val: ValData, resume: bool | PathLike) -> FitSession:
         """Check the data and settings, read the state to resume from; change nothing."""
         cfg = self.config
         device = self.device
@@ -368,7 +339,7 @@ class Trainer:
         with torch.random.fork_rng(devices=cuda_devices):  # probing a loader draws a seed
             val_shape = val_in.layout(0)
         ndim = len(val_shape)
-        return _Session(
+        return FitSession(
             comm=comm,
             train=train_in,
             val=val_in,
@@ -387,7 +358,7 @@ class Trainer:
             run=_Run(history={k: [] for k in history_columns(cfg.objective)}),
         )
 
-    def _start(self, s: _Session) -> nn.Module:
+    def _start(self, s: FitSession) -> nn.Module:
         """Restore the state (or seed a new run), standardise the head, set the memory
         format; the module that training steps call."""
         cfg = self.config
@@ -418,7 +389,7 @@ class Trainer:
         s.progress = _Progress(s.progress_mode, cfg.max_epochs, s.run.epoch, cfg.log_every)
         return step_model
 
-    def _run_epoch(self, s: _Session, step_model: nn.Module) -> None:
+    def _run_epoch(self, s: FitSession, step_model: nn.Module) -> None:
         """Train one epoch, validate, record the row, write the files, show progress."""
         run = s.run
         start = time.perf_counter()
@@ -444,7 +415,7 @@ class Trainer:
         assert s.progress is not None
         s.progress.update(row, run.best_epoch)
 
-    def _hand_back(self, s: _Session) -> None:
+    def _hand_back(self, s: FitSession) -> None:
         """Whatever happened: close the display, give the model standard strides and its
         head back in counts."""
         if s.progress is not None:
@@ -453,7 +424,7 @@ class Trainer:
         if not s.in_counts:
             fold_target_scaling(self.model, s.run.mean, s.run.std)
 
-    def _result(self, s: _Session, reason: StopReason) -> TrainResult:
+    def _result(self, s: FitSession, reason: StopReason) -> TrainResult:
         run = s.run
         if self.config.objective == "regression":
             self._count_space = True
@@ -474,7 +445,7 @@ class Trainer:
             last_checkpoint=None if out is None else out / _LAST,
         )
 
-    def _write_state(self, s: _Session, reason: StopReason | None) -> None:
+    def _write_state(self, s: FitSession, reason: StopReason | None) -> None:
         assert self.out_dir is not None
         write_state(
             self.out_dir,
@@ -520,7 +491,7 @@ class Trainer:
             self._compiled = cast(nn.Module, torch.compile(self.model))
         return self._compiled
 
-    def _train_epoch(self, step_model: nn.Module, s: _Session) -> float:
+    def _train_epoch(self, step_model: nn.Module, s: FitSession) -> float:
         """One pass over the data; the mean training loss (regression: in counts²).
 
         The epoch's sample order is drawn from the ``(seed, epoch)`` generator and dealt to
@@ -575,7 +546,7 @@ class Trainer:
         return mean_loss * std**2 if regression else mean_loss
 
     @staticmethod
-    def _step(s: _Session, loss: torch.Tensor) -> None:
+    def _step(s: FitSession, loss: torch.Tensor) -> None:
         """Back-propagate ``loss`` and step the optimiser (fp16: scaled, skipped on overflow)."""
         s.optimizer.zero_grad(set_to_none=True)
         if s.scaler.is_enabled():
@@ -596,7 +567,7 @@ class Trainer:
                 outs.append(one_value_per_sample(self.model(x), x.shape[0]).float())
         return torch.cat(outs)
 
-    def _validate(self, s: _Session) -> tuple[float, float]:
+    def _validate(self, s: FitSession) -> tuple[float, float]:
         """Validation loss and metric (count MAE, or presence accuracy) of the epoch.
 
         Tensors are scored here; otherwise each process scores its share of the batches
