@@ -70,6 +70,22 @@ METHODS_3D = (
 )
 
 
+#: The tiny sizes of a smoke run (:meth:`LesionStudyConfig.smoke`, ``v2(smoke=True)``).
+_SMOKE: dict[str, Any] = dict(
+    shape=(16, 32, 32),
+    n_train=8,
+    n_val=4,
+    n_test=4,
+    width=4,
+    max_epochs=1,
+    finetune_epochs=1,
+    patience=None,
+    time_budget_min=1.0,
+    n_bootstrap=20,
+    mean_count=2.0,
+)
+
+
 @dataclass
 class LesionStudyConfig:
     """Settings of the 3D study (defaults: the run reported in docs/results.md).
@@ -125,20 +141,7 @@ class LesionStudyConfig:
     @classmethod
     def smoke(cls, **overrides: Any) -> LesionStudyConfig:
         """A tiny configuration exercising the whole path in about a minute."""
-        base: dict[str, Any] = dict(
-            shape=(16, 32, 32),
-            setting_shapes={},
-            n_train=8,
-            n_val=4,
-            n_test=4,
-            width=4,
-            max_epochs=1,
-            finetune_epochs=1,
-            patience=None,
-            time_budget_min=1.0,
-            n_bootstrap=20,
-            mean_count=2.0,
-        )
+        base: dict[str, Any] = {**_SMOKE, "setting_shapes": {}}
         base.update(overrides)
         return cls(**base)
 
@@ -163,20 +166,8 @@ class LesionStudyConfig:
             log_baseline=True,
             n_train=160,
         )
-        if smoke:
-            base.update(
-                n_train=4,
-                n_val=4,
-                n_test=4,
-                width=4,
-                max_epochs=1,
-                patience=None,
-                time_budget_min=1.0,
-                n_bootstrap=20,
-                init_seeds=(100,),
-                max_restarts=0,
-                log_sigmas_mm=(0.75, 1.25),
-            )
+        if smoke:  # the v1 smoke sizes (its shapes are unused: each v2 setting has one)
+            base.update(_SMOKE, init_seeds=(100,), max_restarts=0, log_sigmas_mm=(0.75, 1.25))
         base.update(overrides)
         return cls(**base)
 

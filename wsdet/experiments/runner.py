@@ -33,13 +33,15 @@ from wsdet.experiments.common import Store, TrainJob, train_all
 from wsdet.experiments.keys import RunKey
 from wsdet.metrics import (
     EvaluationReport,
-    bootstrap,
+    bootstrap_weights,
     evaluate,
     fauc,
     paired_bootstrap,
     two_way_bootstrap,
     two_way_paired_bootstrap,
 )
+from wsdet.metrics.bootstrap import bootstrap_table
+from wsdet.metrics.events import EventTable
 
 __all__ = ["Plan", "Run", "RunOptions", "Study", "StudyConfig", "TestSet", "Trained", "run_study"]
 
@@ -262,7 +264,7 @@ def _evaluate_runs(
             record["fauc_two_way"] = _two_way_fauc(report, test.clusters, on, cfg)
         budgets: tuple[float, ...] = getattr(cfg, "fauc_budgets", ())
         if budgets:
-            record["fauc_at"] = {f"{b:g}": _budget_fauc(report, b, cfg) for b in budgets}
+            record["fauc_at"] = _budget_faucs(report, budgets, cfg)
         (evaluations.setdefault(run.group, {}) if run.group else evaluations)[run.label] = record
         curves[run.key] = report.curve
         if run.key in compared:
@@ -289,20 +291,23 @@ def _summary(r: Any) -> dict[str, Any]:
     return out
 
 
-def _budget_fauc(report: EvaluationReport, max_fp: float, cfg: StudyConfig) -> dict[str, Any]:
-    """FAUC over 0–``max_fp`` FP per image of the report's curve, with its image-bootstrap
-    sd (same replicates as the report's)."""
-    estimate = float(fauc(report.curve, max_fp=max_fp))
+def _budget_faucs(
+    report: EvaluationReport, budgets: tuple[float, ...], cfg: StudyConfig
+) -> dict[str, dict[str, float]]:
+    """FAUC over 0–``b`` FP per image for each budget ``b``, with image-bootstrap sds: one
+    event table and one set of replicates (those of the report's seed) for all budgets."""
+    fns = [partial(fauc, max_fp=b) for b in budgets]
     if cfg.n_bootstrap == 0:
-        return {"estimate": estimate, "sd": float("nan")}
-    r = bootstrap(
-        partial(fauc, max_fp=max_fp),
-        report.matches,
-        B=cfg.n_bootstrap,
-        seed=cfg.seed,
-        max_fp=max_fp,
-    )
-    return {"estimate": r.estimate, "sd": r.sd}
+        sds = [float("nan")] * len(budgets)
+        estimates = [float(fn(report.curve)) for fn in fns]
+    else:
+        s = report.settings
+        table = EventTable(list(report.matches), None, s["compat"], s["sensitivity"])
+        weights = bootstrap_weights(table.n_images, cfg.n_bootstrap, cfg.seed)
+        boot = bootstrap_table(table, fns, weights, max_fp=max(budgets))
+        estimates, sds = [r.estimate for r in boot], [r.sd for r in boot]
+    keys = [f"{b:g}" for b in budgets]
+    return {k: {"estimate": e, "sd": d} for k, e, d in zip(keys, estimates, sds, strict=True)}
 
 
 def _two_way_fauc(
