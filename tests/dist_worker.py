@@ -227,9 +227,28 @@ def launch(scenario: str, out: Path, nproc: int = 2, timeout: float = 240) -> No
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
+    markers = [_finished(out, scenario, rank) for rank in range(nproc)]
+    for marker in markers:
+        marker.unlink(missing_ok=True)
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    if done.returncode != 0:
-        raise AssertionError(f"torchrun failed:\n{done.stdout[-4000:]}\n{done.stderr[-6000:]}")
+    if done.returncode == 0:
+        return
+    report = f"torchrun failed:\n{done.stdout[-4000:]}\n{done.stderr[-6000:]}"
+    if not all(marker.exists() for marker in markers):
+        raise AssertionError(report)
+    # Every rank finished its scenario (outputs written; the tests check them) and one
+    # crashed while gloo tore the process group down (seen once under a loaded CPU:
+    # SIGABRT "terminate called without an active exception" after destroy_process_group).
+    import warnings
+
+    warnings.warn(
+        f"a crash at process-group teardown, after every rank finished: {report}", stacklevel=2
+    )
+
+
+def _finished(out: Path, scenario: str, rank: int) -> Path:
+    """The file a rank writes when its scenario has finished (before the teardown)."""
+    return out / f".finished-{scenario}-rank{rank}"
 
 
 def main(argv: list[str]) -> int:
@@ -240,6 +259,7 @@ def main(argv: list[str]) -> int:
     torch.set_num_threads(1)
     {"train": train_main, "detect": detect_main, "cuda": cuda_main}[args.scenario](args.out)
     wsdet.distributed.barrier()  # leave together, as torch.distributed asks
+    _finished(args.out, args.scenario, wsdet.distributed.info().rank).touch()
     wsdet.distributed.destroy()
     return 0
 
