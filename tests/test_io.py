@@ -293,3 +293,22 @@ def test_normalize_intensity() -> None:
     assert normalize_intensity(np.ones(3), "minmax").tolist() == [0.0, 0.0, 0.0]
     with pytest.raises(ValueError, match="method must be"):
         normalize_intensity(np.ones(3), "robust")
+
+
+def test_normalize_intensity_inside_a_mask() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.normal(3.0, 2.0, (5, 6, 7))
+    m = rng.random(a.shape) < 0.4
+    z = normalize_intensity(a, mask=m)
+    inside = a[m]  # hand computation: population statistics of the masked voxels
+    np.testing.assert_allclose(z[m], (inside - inside.mean()) / inside.std(), rtol=1e-5)
+    assert (z[~m] == 0).all() and z.dtype == np.float32
+    mm = normalize_intensity(a, "minmax", mask=m)
+    assert mm[m].min() == 0.0 and mm[m].max() == 1.0 and (mm[~m] == 0).all()
+    assert normalize_intensity(a, "none", mask=m) is not None
+    with pytest.raises(ValueError, match="mask must be a bool array"):
+        normalize_intensity(a, mask=m[0])
+    with pytest.raises(ValueError, match="mask must be a bool array"):
+        normalize_intensity(a, mask=m.astype(np.uint8))
+    with pytest.raises(ValueError, match="mask is empty"):
+        normalize_intensity(a, mask=np.zeros(a.shape, bool))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,8 @@ class PhantomSet(Dataset[dict[str, Any]]):
     Attributes
     ----------
     images : torch.Tensor
-        ``(N, 1, *S)`` float32 in ``[0, 1]``.
+        ``(N, 1, *S)`` float32, in ``[0, 1]`` as generated (:meth:`zscored`: z-scored
+        inside the region mask).
     counts : torch.Tensor
         ``(N,)`` float32, the count label: the number of rows of ``points[i]``.
     points : list of numpy.ndarray
@@ -112,6 +114,32 @@ class PhantomSet(Dataset[dict[str, Any]]):
             item["annotated_slice"] = int(self.annotated_slice[i])
             item["slice_points"] = self.slice_points[i]
         return item
+
+    def zscored(self) -> PhantomSet:
+        """A copy whose images are z-scored inside each volume's region mask and 0 outside.
+
+        The usual preprocessing of masked MRI crops
+        (:func:`wsdet.io.normalize_intensity` with ``mask``): the tissue's level and
+        contrast no longer differ between volumes, and the region's border is no edge.
+        Networks trained on the raw phantoms (tissue about 0.3, lesions 0.1–0.2 above it)
+        stay on the constant-output plateau far longer (``docs/phantoms_v2.md``). Every
+        other attribute is shared with this set.
+
+        Raises
+        ------
+        ValueError
+            If the set has no region masks.
+        """
+        from wsdet.io import normalize_intensity
+
+        if self.mask is None:
+            raise ValueError("zscored needs the region masks; this set has none (mask=None)")
+        masks = self.mask.numpy()
+        arrays = self.images[:, 0].numpy()
+        z = np.stack([normalize_intensity(a, mask=m) for a, m in zip(arrays, masks, strict=True)])
+        out = copy.copy(self)  # every other attribute shared
+        out.images = torch.from_numpy(z[:, None])
+        return out
 
     def __repr__(self) -> str:
         shape = tuple(self.images.shape[2:])
