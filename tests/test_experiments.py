@@ -107,6 +107,11 @@ def test_mnist_train_only_trains_part_of_the_study_and_stops(tmp_path):
     assert not (tmp_path / "report.md").exists() and not (tmp_path / "detections").exists()
     with pytest.raises(ValueError, match="gpunet-regression-paper400"):
         mn.run_mnist(cfg, tmp_path, train_only=["gpunet-regression-paper400"])
+    rest = mn.run_mnist(cfg, tmp_path, train_only=["all"])  # every network, then stop
+    assert rest["missing"] == [] and len(rest["networks"]) == 4
+    assert rest["networks"]["basecnn-classification"]["cached"] is True
+    assert rest["networks"]["gpunet-classification"]["cached"] is False
+    assert not (tmp_path / "report.md").exists()
     # the whole study: the replicate networks are evaluated too, per training seed
     full = mn.run_mnist(cfg, tmp_path)
     assert full["networks"]["basecnn-classification"]["cached"] is True

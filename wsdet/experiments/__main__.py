@@ -11,7 +11,10 @@ from typing import Any
 import torch
 
 INTERIM = "train nothing; report the networks that have finished so far"
-TRAIN_ONLY = "train just these networks (names as in the report), then stop: no evaluation"
+TRAIN_ONLY = (
+    "train just these networks (names as in the report; 'all': every one), then stop: no "
+    "evaluation. Several such processes share the networks (e.g. on one GPU)"
+)
 DEVICE = "device to train on, e.g. cuda (default: cpu); evaluation runs on the CPU"
 
 

@@ -189,7 +189,9 @@ def run_study(
     train_only : sequence of str, optional
         Train just the networks of these names (e.g. ``"gpunet-classification"``,
         ``"midbrain-gpunet"``) and return before any evaluation, writing nothing but their
-        cache entries (to train part of a study on another machine).
+        cache entries (to train part of a study on another machine); ``["all"]``: every
+        network of the plan (start several such processes to train them side by side on
+        one GPU, then the same command without ``train_only`` to evaluate).
     device : str, optional
         Where to train (e.g. ``"cuda"``); networks are evaluated on the CPU.
 
@@ -203,7 +205,8 @@ def run_study(
     store = Store(out)
     t_start = time.perf_counter()
     plan = study.plan(store)
-    got = train_all(store, plan.jobs, train=not interim, only=train_only, device=device)
+    only = None if train_only is not None and list(train_only) == ["all"] else train_only
+    got = train_all(store, plan.jobs, train=not interim, only=only, device=device)
     networks = {name: info for name, (_, info) in got.items()}
     missing = [job.name for job in plan.jobs if job.name not in got]
     if train_only is not None:
