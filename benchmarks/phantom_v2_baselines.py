@@ -10,7 +10,8 @@ on test volumes (another data seed). Rows:
   ``SMOOTH_SIGMAS``, the other training-free detector;
 * ``chance``: i.i.d. uniform noise inside the region mask (a random map), the same NMS.
 
-Every map goes through :func:`wsdet.detect_maps` (every NMS candidate, the learned
+v2 volumes are z-scored inside their region masks, as in the v2 study. Every map goes
+through :func:`wsdet.detect_maps` (every NMS candidate, the learned
 methods' NMS) and :func:`wsdet.metrics.evaluate` (one-to-one matching within the hit
 radius in mm, with the voxel spacing). v2: NMS size and hit radius from
 :func:`~wsdet.data.phantoms.v2.nms_size` and :func:`~wsdet.data.phantoms.v2.hit_radius_mm`
@@ -90,8 +91,9 @@ def measure(
 
 
 def v2_maker(setting: str) -> Callable[[int, int], PhantomSet]:
-    """The v2 phantoms of ``setting``."""
-    return lambda n, seed: make_phantoms_v2(n, setting, seed=seed)
+    """The v2 phantoms of ``setting``, z-scored inside their region masks (as the v2
+    study feeds them to every method)."""
+    return lambda n, seed: make_phantoms_v2(n, setting, seed=seed).zscored()
 
 
 def v1_maker(setting: str) -> Callable[[int, int], PhantomSet]:

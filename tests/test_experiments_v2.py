@@ -41,11 +41,46 @@ def test_v2_geometry_matching_and_nms() -> None:
     # one annotated slice: matched in-plane
     assert cfg.slice_mode("basal_ganglia") and not cfg.slice_mode("hippocampi")
     assert cfg.match_of("basal_ganglia") == {"radius_mm": 3.0, "spacing": (0.5, 0.5)}
-    assert cfg.finetune is False and cfg.init_seeds == (100, 200) and cfg.log_baseline
+    assert cfg.init_seeds == (100, 200) and cfg.log_baseline and cfg.zscore
+    assert cfg.finetune and cfg.scratch == ("basal_ganglia",)
     with pytest.raises(ValueError, match="unknown setting"):
         LesionStudyConfig.v2(settings=("thalamus",))
     with pytest.raises(ValueError, match="phantoms"):
         LesionStudyConfig(phantoms="v3")  # type: ignore[arg-type]
+
+
+def test_v2_fine_tunes_the_hippocampi_networks_and_not_the_basal_ganglia(tmp_path: Path) -> None:
+    from wsdet.experiments.common import Store
+
+    cfg = LesionStudyConfig.v2(n_train=2, n_val=1, n_test=1, init_seeds=(100,))
+    jobs = {job.name: job for job in LesionStudy(cfg).plan(Store(tmp_path)).jobs}
+    assert len(jobs) == 3 * 4 * 2
+    for name, job in jobs.items():
+        setting = name.split("-")[0]
+        if setting == "hippocampi":  # from the midbrain network of the same arch and seed
+            assert job.init_from is not None
+            source = name.replace("hippocampi", "midbrain", 1)
+            assert job.init_from.parent.name.startswith(source + "-")
+            assert job.config.init is None and job.config.max_epochs == cfg.finetune_epochs
+        else:
+            assert job.init_from is None and job.config.init == cfg.init
+    with pytest.raises(ValueError, match="scratch: unknown setting"):
+        LesionStudyConfig.v2(scratch=("thalamus",))
+
+
+def test_zscore_standardises_every_volume_inside_its_region() -> None:
+    small = {"n_train": 2, "n_val": 1, "n_test": 2, "settings": ("midbrain",)}
+    raw = _data(LesionStudyConfig.v2(zscore=False, **small), "midbrain")
+    z = _data(LesionStudyConfig.v2(**small), "midbrain")
+    for a, b in zip(raw, z, strict=True):
+        assert torch.equal(b.images, a.zscored().images)
+        inside = b.images[:, 0][b.mask]
+        assert abs(float(inside.mean())) < 0.05 and abs(float(inside.std()) - 1.0) < 0.05
+    key = LesionStudy(LesionStudyConfig.v2(**small))._data_key("midbrain")
+    assert key["zscore"] is True
+    assert "zscore" not in LesionStudy(LesionStudyConfig.v2(zscore=False, **small))._data_key(
+        "midbrain"
+    )
 
 
 def test_data_seed_is_separate_from_the_initialisation_seed() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 
@@ -201,3 +202,21 @@ def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="could not place"):
         make_phantoms_v2(1, crowded, seed=0)
     assert isinstance(SETTINGS_V2["midbrain"], PhantomSettingV2)
+
+
+def test_zscored_copy_standardises_inside_the_region() -> None:
+    ds = make_phantoms_v2(3, "midbrain", seed=4)
+    z = ds.zscored()
+    assert z.images.shape == ds.images.shape and z.images.dtype == ds.images.dtype
+    assert z.points is ds.points and z.mask is ds.mask and z.spacing == ds.spacing
+    assert bool((z.counts == ds.counts).all())
+    for i in range(len(ds)):
+        m = ds.mask[i].numpy()
+        raw = ds.images[i, 0].numpy().astype(np.float64)[m]
+        got = z.images[i, 0].numpy()
+        np.testing.assert_allclose(got[m], (raw - raw.mean()) / raw.std(), rtol=1e-4, atol=1e-5)
+        assert (got[~m] == 0).all()
+    no_mask = copy.copy(ds)
+    no_mask.mask = None
+    with pytest.raises(ValueError, match="region masks"):
+        no_mask.zscored()

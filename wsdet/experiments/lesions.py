@@ -98,7 +98,10 @@ class LesionStudyConfig:
     paper's 3D width, training runs in mini-batches of 4 volumes instead of 1 for at most
     ``max_epochs``. As in the paper, the networks of the
     first setting (the easiest, midbrain) are trained from scratch and those of the other
-    settings fine-tuned from them (``finetune``, at most ``finetune_epochs``).
+    settings fine-tuned from them (``finetune``, at most ``finetune_epochs``), except
+    those listed in ``scratch``. ``zscore``: z-score every volume inside its region mask
+    (:meth:`~wsdet.data.phantoms.PhantomSet.zscored`) for every method, the networks and
+    the training-free references alike. :meth:`v2` gives the benchmark v2 protocol.
     """
 
     settings: tuple[str, ...] = ("midbrain", "hippocampi", "basal_ganglia")
@@ -122,6 +125,7 @@ class LesionStudyConfig:
     time_budget_min: float | None = None
     finetune: bool = True
     finetune_epochs: int = 8
+    scratch: tuple[str, ...] = ()
     augment: bool = False
     nms_size: int = 6
     radius: float = 6.0
@@ -137,6 +141,7 @@ class LesionStudyConfig:
     max_restarts: int = 0
     log_baseline: bool = False
     log_sigmas_mm: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
+    zscore: bool = False
 
     @classmethod
     def smoke(cls, **overrides: Any) -> LesionStudyConfig:
@@ -147,24 +152,32 @@ class LesionStudyConfig:
 
     @classmethod
     def v2(cls, *, smoke: bool = False, **overrides: Any) -> LesionStudyConfig:
-        """The benchmark v2 protocol (:mod:`wsdet.data.phantoms.v2`): every setting
-        trained from scratch, a data seed apart from the initialisation seeds, three
-        initialisation seeds per network (the study's and ``init_seeds``), FAUC at 0–1, 0–2
-        and 0–15 FP per volume, networks no better than a constant restarted (up to twice)
-        and marked failed, and the training-free LoG baseline (σ chosen on validation
-        volumes). Sized for about 4–5 hours of a 2-core CPU (an estimate, see
-        ``docs/phantoms_v2.md``). ``smoke``: tiny data, one epoch, one extra seed.
+        """The benchmark v2 protocol (:mod:`wsdet.data.phantoms.v2`): volumes z-scored
+        inside their region masks (``zscore``), the midbrain-like networks trained from
+        scratch, the hippocampi-like fine-tuned from them (the paper's protocol), the
+        basal-ganglia-like from scratch (``scratch``); a data seed apart from the
+        initialisation seeds, three initialisation seeds per network (the study's and
+        ``init_seeds``), FAUC at 0–1, 0–2 and 0–15 FP per volume, networks no better than a
+        constant restarted (up to twice) and marked failed, and the training-free LoG
+        baseline (σ chosen on validation volumes). 96 training volumes, at most 30 epochs
+        with patience 8 per network: at most about 6 hours of a 2-core CPU for the 36
+        networks (an estimate from the timed epochs in ``docs/phantoms_v2.md``).
+        ``smoke``: tiny data, one epoch, one extra seed.
         """
         base: dict[str, Any] = dict(
             phantoms="v2",
             setting_shapes={},
-            finetune=False,
+            finetune=True,
+            finetune_epochs=30,
+            scratch=("basal_ganglia",),
+            patience=8,
             data_seed=1000,
             init_seeds=(100, 200),
             fauc_budgets=(1.0, 2.0),
             max_restarts=2,
             log_baseline=True,
-            n_train=160,
+            zscore=True,
+            n_train=96,
         )
         if smoke:  # the v1 smoke sizes (its shapes are unused: each v2 setting has one)
             base.update(_SMOKE, init_seeds=(100,), max_restarts=0, log_sigmas_mm=(0.75, 1.25))
@@ -174,9 +187,10 @@ class LesionStudyConfig:
     def __post_init__(self) -> None:
         check_choice("phantoms", self.phantoms, ("v1", "v2"))
         known = SETTINGS_V2 if self.phantoms == "v2" else SETTINGS
-        for setting in self.settings:
-            if setting not in known:
-                raise ValueError(f"settings: unknown setting {setting!r}; known: {list(known)}")
+        for name, settings in (("settings", self.settings), ("scratch", self.scratch)):
+            for setting in settings:
+                if setting not in known:
+                    raise ValueError(f"{name}: unknown setting {setting!r}; known: {list(known)}")
 
     def shape_of(self, setting: str) -> tuple[int, int, int]:
         """The volume shape of ``setting``: the v2 setting's, or ``setting_shapes`` or
@@ -244,8 +258,10 @@ def _data(cfg: LesionStudyConfig, setting: str) -> tuple[PhantomSet, PhantomSet,
 
     def make(n: int, seed: int) -> PhantomSet:
         if cfg.phantoms == "v2":
-            return make_phantoms_v2(n, setting, seed=seed)
-        return make_lesion_volumes(n, cfg.shape_of(setting), seed=seed, **kw)
+            ds = make_phantoms_v2(n, setting, seed=seed)
+        else:
+            ds = make_lesion_volumes(n, cfg.shape_of(setting), seed=seed, **kw)
+        return ds.zscored() if cfg.zscore else ds
 
     return make(cfg.n_train, base), make(cfg.n_val, base + 1), make(cfg.n_test, base + 2)
 
@@ -344,6 +360,8 @@ class LesionStudy:
             "n_train": cfg.n_train,
             "n_val": cfg.n_val,
         }
+        if cfg.zscore:  # absent when off: the keys of earlier runs stay valid
+            key["zscore"] = True
         if cfg.phantoms == "v1":  # the v1 keys as they always were
             data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
             return {**key, "seed": data_seed, **SETTINGS[setting]}
@@ -388,8 +406,8 @@ class LesionStudy:
 
     def _jobs(self, store: Store) -> list[TrainJob]:
         """Every architecture per setting, from the study's seed and each of
-        ``init_seeds`` (same data); fine-tuned from the first setting's network of the same
-        seed when ``finetune``."""
+        ``init_seeds``) (same data); fine-tuned from the first setting's network of the same
+        seed when ``finetune``, unless the setting is one of ``scratch``."""
         cfg = self.config
         jobs: list[TrainJob] = []
         sources: dict[tuple[str, int | None], Path] = {}  # best.pt of the first setting's
@@ -399,7 +417,8 @@ class LesionStudy:
             for seed in (None, *cfg.init_seeds):
                 for arch in sorted({METHOD_ARCHITECTURE[m] for m in cfg.methods}):
                     spec = {"arch": arch, "dim": 3, "width": cfg.width, **self.data_keys[setting]}
-                    source = sources.get((arch, seed)) if cfg.finetune and not first else None
+                    tuned = cfg.finetune and not first and setting not in cfg.scratch
+                    source = sources.get((arch, seed)) if tuned else None
                     job = TrainJob(
                         _network(setting, arch, seed),
                         spec,
