@@ -539,3 +539,22 @@ def test_lesions_markdown_rows_from_hand_made_results():
     assert "| midbrain sensitivity | 0.929 | — |" in md
     assert "| midbrain candidates/volume | 3.9 | — |" in md  # 391 / 100
     assert "| midbrain sensitivity, all candidates | 0.946 | — |" in md  # 386 / 408
+
+
+@needs_mnist
+def test_mnist_study_trains_on_training_digits_with_source_train5k(tmp_path):
+    import wsdet.experiments.mnist as mn
+    from wsdet.data.mnist import load_mnist
+    from wsdet.experiments.common import Store
+
+    if not (MNIST / "train5k-images-idx3-ubyte.gz").exists():
+        pytest.skip("no train5k files")
+    cfg = mn.MNISTStudyConfig.smoke(root=str(MNIST), source="train5k", methods=("gp_unet",))
+    study = mn.MNISTStudy(cfg)
+    plan = study.plan(Store(tmp_path))
+    train_digits = {bytes(x) for x in load_mnist(MNIST, "train5k")[0]}
+    sampler = plan.jobs[0].train
+    assert {bytes(x) for x in sampler._digits} == train_digits  # the training pool
+    assert study.data_key["root_files"] == "mnist-test-10k+train-5k"
+    with pytest.raises(ValueError, match="source"):
+        mn.MNISTStudy(mn.MNISTStudyConfig.smoke(root=str(MNIST), source="train"))

@@ -32,6 +32,13 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--smoke", action="store_true", help="tiny data, one epoch")
     m.add_argument("--digits", type=int, nargs="+", default=[4])
     m.add_argument("--root", default=None, help="MNIST folder (default: $WSDET_MNIST_DIR)")
+    m.add_argument(
+        "--source",
+        choices=["test", "train5k"],
+        default="test",
+        help="digit pools: the test set split in three, or training grids from the train5k "
+        "training digits (validation and test grids from the test set)",
+    )
     m.add_argument("--budget-min", type=float, default=None, help="training minutes/network")
     m.add_argument("--max-epochs", type=int, default=None)
     m.add_argument("--threads", type=int, default=None)
@@ -61,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         from wsdet.experiments.mnist import MNISTStudyConfig, run_mnist
 
         for digit in args.digits:
-            over: dict[str, Any] = {"digit": digit, "root": args.root}
+            over: dict[str, Any] = {"digit": digit, "root": args.root, "source": args.source}
             if args.budget_min is not None:
                 over["time_budget_min"] = args.budget_min
             if args.max_epochs is not None:

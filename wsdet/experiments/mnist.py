@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from wsdet._checks import PathLike
+from wsdet._checks import PathLike, check_choice
 from wsdet.data.augment import augment as augment_batch
 from wsdet.data.mnist import GridSampler, MNISTGrid, mnist_grid_splits
 from wsdet.detection import Detections
@@ -54,6 +54,11 @@ class MNISTStudyConfig:
     adds a GP-Unet network per objective trained the paper's way (the fixed 400 images,
     with augmentation) for comparison. Training is bounded by epochs, not time, so that a
     rerun on a busy machine trains the same networks; ``time_budget_min`` adds a cap.
+    ``source``: where the digit pools come from (:func:`wsdet.data.mnist_grid_splits`):
+    ``"test"`` splits the 10,000 test digits into three pools (the runs reported so far);
+    ``"train5k"`` draws the training grids from the 5,000 training digits of the
+    ``train5k`` files and splits the test digits into the validation and test pools, as
+    the paper trains on training digits.
     """
 
     digit: int = 4
@@ -63,6 +68,7 @@ class MNISTStudyConfig:
     n_val: int = 100
     n_test: int = 500
     data: Literal["fresh", "fixed"] = "fresh"
+    source: Literal["test", "train5k"] = "test"
     methods: tuple[str, ...] = PAPER_METHODS
     objectives: tuple[Objective, ...] = ("regression", "classification")
     optimizer: OptimizerName = "adam"
@@ -156,6 +162,7 @@ class MNISTStudy:
     def __init__(self, config: MNISTStudyConfig) -> None:
         if config.data not in ("fresh", "fixed"):
             raise ValueError(f"data must be 'fresh' or 'fixed', got {config.data!r}")
+        check_choice("source", config.source, ("test", "train5k"))
         self._config = config
         self.data_key: dict[str, Any] = {}
 
@@ -173,6 +180,7 @@ class MNISTStudy:
             n_val=cfg.n_val,
             n_test=cfg.n_test,
             seed=cfg.seed,
+            source=cfg.source,
         )
         self.test = test = splits.test
         self.data_key = {
@@ -184,6 +192,8 @@ class MNISTStudy:
             "n_test": cfg.n_test,
             "root_files": "mnist-test-10k",
         }
+        if cfg.source != "test":  # the runs on the test pools keep their cache keys
+            self.data_key["root_files"] = "mnist-test-10k+train-5k"
         # the test grids reuse digits: the bootstrap also resamples distinct digits
         digits = target_digits(test)
         pos, neg = mnist_examples(test.counts.numpy())

@@ -21,6 +21,7 @@ MNIST_ENV_VAR = "WSDET_MNIST_DIR"
 MNIST_FILES: dict[str, tuple[str, str]] = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+    "train5k": ("train5k-images-idx3-ubyte", "train5k-labels-idx1-ubyte"),
 }
 
 
@@ -48,8 +49,9 @@ def find_mnist_files(root: PathLike | None = None, split: str = "test") -> tuple
     ----------
     root : str or os.PathLike, optional
         Folder to search; defaults to the ``WSDET_MNIST_DIR`` environment variable.
-    split : {"test", "train"}
-        Which split.
+    split : {"test", "train", "train5k"}
+        Which split (``"train5k"``: a balanced subset of 5,000 training digits, 500 per
+        class, as shipped beside the test set on machines without the full training set).
 
     Returns
     -------
@@ -86,7 +88,7 @@ def find_mnist_files(root: PathLike | None = None, split: str = "test") -> tuple
 
 
 def load_mnist(
-    root: PathLike | None = None, split: Literal["test", "train"] = "test"
+    root: PathLike | None = None, split: Literal["test", "train", "train5k"] = "test"
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
     """Load an MNIST split from its IDX files.
 
@@ -95,8 +97,10 @@ def load_mnist(
     root : str or os.PathLike, optional
         Folder holding the files (or ``root/MNIST/raw``); defaults to the
         ``WSDET_MNIST_DIR`` environment variable.
-    split : {"test", "train"}
-        ``"test"``: the 10,000 test digits; ``"train"``: the 60,000 training digits.
+    split : {"test", "train", "train5k"}
+        ``"test"``: the 10,000 test digits; ``"train"``: the 60,000 training digits;
+        ``"train5k"``: a subset of 5,000 training digits (500 per class) in files named
+        ``train5k-images-idx3-ubyte`` / ``train5k-labels-idx1-ubyte`` (``.gz`` or not).
 
     Returns
     -------

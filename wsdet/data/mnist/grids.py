@@ -277,7 +277,7 @@ def mnist_grid_splits(
     n_test: int = 500,
     seed: int = 0,
     *,
-    source: Literal["test", "official"] = "test",
+    source: Literal["test", "official", "train5k"] = "test",
     fractions: Sequence[float] = (0.6, 0.2, 0.2),
     rows: int = 5,
     cols: int = 7,
@@ -299,7 +299,11 @@ def mnist_grid_splits(
         ``"test"``: split the 10,000 test digits into three pools by ``fractions``
         (stratified per class). ``"official"``: split the 60,000 training digits into the
         train and validation pools in the ratio ``fractions[0] : fractions[1]``; the test
-        pool is the 10,000 official test digits.
+        pool is the 10,000 official test digits. ``"train5k"``: the training pool is the
+        5,000 training digits of the ``train5k`` files (see :func:`load_mnist`); the 10,000
+        test digits are split into the validation and test pools in the ratio
+        ``fractions[1] : fractions[2]`` (stratified per class), so that no digit image
+        appears in two splits and the test grids draw on many distinct digits.
     fractions : sequence of three floats
         Pool fractions (see ``source``).
     rows, cols, positive_fraction
@@ -334,8 +338,19 @@ def mnist_grid_splits(
             train_images, train_labels, (share, 1.0 - share), seed=seeds[0]
         )
         test_pool = DigitPool(test_images, test_labels, np.arange(len(test_labels)))
+    elif source == "train5k":
+        train_images, train_labels = load_mnist(root, "train5k")
+        test_images, test_labels = load_mnist(root, "test")
+        f_val, f_test = float(fractions[1]), float(fractions[2])
+        if f_val <= 0 or f_test <= 0:
+            raise ValueError(f"fractions[1] and fractions[2] must be positive, got {fractions}")
+        share = f_val / (f_val + f_test)
+        train_pool = DigitPool(train_images, train_labels, np.arange(len(train_labels)))
+        val_pool, test_pool = split_pool(
+            test_images, test_labels, (share, 1.0 - share), seed=seeds[0]
+        )
     else:
-        raise ValueError(f"source must be 'test' or 'official', got {source!r}")
+        raise ValueError(f"source must be 'test', 'official' or 'train5k', got {source!r}")
     kwargs: dict[str, Any] = {"rows": rows, "cols": cols, "positive_fraction": positive_fraction}
     grids = [
         MNISTGrid(pool.images, pool.labels, target, n, seed=s, **kwargs)
