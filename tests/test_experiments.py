@@ -558,3 +558,52 @@ def test_mnist_study_trains_on_training_digits_with_source_train5k(tmp_path):
     assert study.data_key["root_files"] == "mnist-test-10k+train-5k"
     with pytest.raises(ValueError, match="source"):
         mn.MNISTStudy(mn.MNISTStudyConfig.smoke(root=str(MNIST), source="train"))
+
+
+@needs_mnist
+def test_settle_plans_32_gp_unet_networks_in_two_regimes(tmp_path):
+    import wsdet.experiments.mnist as mn
+    from wsdet.experiments.common import Store
+
+    if not (MNIST / "train5k-images-idx3-ubyte.gz").exists():
+        pytest.skip("no train5k files")
+    cfg = mn.MNISTStudyConfig.settle(root=str(MNIST), n_test=20, n_val=10)
+    assert (cfg.max_epochs, cfg.patience, cfg.source) == (2000, 100, "train5k")
+    plan = mn.MNISTStudy(cfg).plan(Store(tmp_path))
+    names = [job.name for job in plan.jobs]
+    assert len(names) == len(set(names)) == 32
+    seeds = {job.config.seed for job in plan.jobs}
+    assert seeds == {0, 100, 200, 300, 400, 500, 600, 700}
+    paper = [job for job in plan.jobs if "paper400" in job.name]
+    assert len(paper) == 16 and all(job.augment is not None for job in paper)
+    assert all(job.spec["data"] == "fixed+augment" for job in paper)
+    fresh = [job for job in plan.jobs if "paper400" not in job.name]
+    assert all(job.augment is None and job.spec["data"] == "fresh" for job in fresh)
+    # restarts move a seed by one: no two networks of a kind can meet on a seed
+    assert all(job.max_restarts <= 2 for job in plan.jobs)
+    labels = {run.label for run in plan.runs}
+    assert "gp_unet-classification-paper400-seed700" in labels and len(labels) == 32
+
+
+@pytest.mark.slow
+@needs_mnist
+def test_settle_smoke_reports_both_regimes_and_duplicates_ignored(tmp_path):
+    import wsdet.experiments.mnist as mn
+
+    if not (MNIST / "train5k-images-idx3-ubyte.gz").exists():
+        pytest.skip("no train5k files")
+    tiny = mn.MNISTStudyConfig.smoke().__dict__
+    sizes = {k: tiny[k] for k in ("n_train", "n_val", "n_test", "max_epochs", "n_bootstrap")}
+    cfg = mn.MNISTStudyConfig.settle(
+        root=str(MNIST), replicate_seeds=(100,), patience=None, max_restarts=0, **sizes
+    )
+    results = mn.run_mnist(cfg, tmp_path)
+    assert len(results["networks"]) == 8
+    assert set(results["fauc_by_seed_dups_ignored"]) == set(results["fauc_by_seed"])
+    assert "gp_unet-regression-paper400" in results["fauc_by_seed"]
+    for key, by_seed in results["fauc_by_seed"].items():  # ignoring duplicates only helps
+        for seed, value in by_seed.items():
+            assert results["fauc_by_seed_dups_ignored"][key][seed] >= value - 1e-12
+    report = (tmp_path / "report.md").read_text()
+    assert "GP-Unet, the paper's 400 fixed grids + augmentation |" in report
+    assert "duplicate hits ignored" in report

@@ -30,6 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     m = sub.add_parser("mnist", help="six methods x two objectives on MNIST grids")
     m.add_argument("--out", required=True, help="output/cache folder")
     m.add_argument("--smoke", action="store_true", help="tiny data, one epoch")
+    m.add_argument(
+        "--settle",
+        action="store_true",
+        help="regression vs classification settled: GP-Unet, both data regimes, 8 seeds, "
+        "training digits (implies --source train5k; sized for a GPU)",
+    )
     m.add_argument("--digits", type=int, nargs="+", default=[4])
     m.add_argument("--root", default=None, help="MNIST folder (default: $WSDET_MNIST_DIR)")
     m.add_argument(
@@ -60,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     les.add_argument("--train-only", nargs="+", default=None, metavar="NAME", help=TRAIN_ONLY)
     les.add_argument("--device", default=None, help=DEVICE)
     args = p.parse_args(argv)
+    if getattr(args, "settle", False) and args.smoke:
+        p.error("--settle and --smoke exclude each other")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -73,7 +81,11 @@ def main(argv: list[str] | None = None) -> int:
                 over["time_budget_min"] = args.budget_min
             if args.max_epochs is not None:
                 over["max_epochs"] = args.max_epochs
-            cfg = MNISTStudyConfig.smoke(**over) if args.smoke else MNISTStudyConfig(**over)
+            if args.settle:
+                over["source"] = "train5k"
+                cfg = MNISTStudyConfig.settle(**over)
+            else:
+                cfg = MNISTStudyConfig.smoke(**over) if args.smoke else MNISTStudyConfig(**over)
             out = f"{args.out}/digit{digit}"
             got = run_mnist(
                 cfg, out, interim=args.interim, train_only=args.train_only, device=args.device

@@ -217,10 +217,12 @@ def run_study(
         "missing": missing,
     }
     runs = [r for r in plan.runs if r.network is None or r.network in got]
-    evaluations, curves, faucs, matches = _evaluate_runs(study, store, plan, runs, got)
+    evaluations, curves, faucs, matches, ignored = _evaluate_runs(study, store, plan, runs, got)
     results["evaluations"] = evaluations
     if plan.seed_table:
         results["fauc_by_seed"] = _fauc_by_seed(faucs, cfg.seed)
+        if ignored:
+            results["fauc_by_seed_dups_ignored"] = _fauc_by_seed(ignored, cfg.seed)
     clusters = {run.key: plan.tests[run.group].clusters for run in runs}
     results["comparisons"] = _compare(plan.comparisons, matches, cfg, clusters)
     results["seconds_this_call"] = time.perf_counter() - t_start
@@ -232,9 +234,14 @@ def run_study(
 
 def _evaluate_runs(
     study: Study, store: Store, plan: Plan, runs: list[Run], got: dict[str, Trained]
-) -> tuple[dict[str, Any], dict[RunKey, Any], dict[RunKey, float], dict[RunKey, Any]]:
-    """Detect and evaluate every run: records, FROC curves, FAUCs and matches by key."""
+) -> tuple[
+    dict[str, Any], dict[RunKey, Any], dict[RunKey, float], dict[RunKey, Any], dict[RunKey, float]
+]:
+    """Detect and evaluate every run: records, FROC curves, FAUCs and matches by key, and
+    (when the study's ``duplicates_ignored``) the FAUCs with duplicate hits ignored."""
     cfg = study.config
+    dups_ignored = bool(getattr(cfg, "duplicates_ignored", False))
+    ignored: dict[RunKey, float] = {}
     compared = {k for _, a, b in plan.comparisons for k in (a, b)}
     evaluations: dict[str, Any] = {g: {} for g in plan.tests if g}
     curves: dict[RunKey, Any] = {}
@@ -255,9 +262,21 @@ def _evaluate_runs(
         )
         faucs[run.key] = report.fauc.estimate
         log.info("%s: FAUC %.3f", run.name, report.fauc.estimate)
+        if dups_ignored:
+            kept = evaluate(
+                dets,
+                test.targets,
+                **test.match,
+                max_fp=cfg.max_fp,
+                n_bootstrap=0,
+                duplicates="ignore",
+            )
+            ignored[run.key] = kept.fauc.estimate
         if replicate:
             continue
         record = {**report.to_dict(), "detect_seconds": seconds, **study.record(run, dets)}
+        if dups_ignored:
+            record["fauc_dups_ignored"] = ignored[run.key]
         on = (
             None
             if test.object_at is None
@@ -272,7 +291,7 @@ def _evaluate_runs(
         curves[run.key] = report.curve
         if run.key in compared:
             matches[run.key] = (report, on)  # the report keeps its matches
-    return evaluations, curves, faucs, matches
+    return evaluations, curves, faucs, matches, ignored
 
 
 def _fauc_by_seed(faucs: dict[RunKey, float], seed: int) -> dict[str, dict[str, float]]:
