@@ -80,16 +80,16 @@ def main() -> None:
         progress="none",
     )
     init = Path(args.init).parent.name if args.init else ""
-    tag = "-".join([args.setting, *args.set, "raw" if args.raw else "z", init])
+    tag = "-".join(p for p in (args.setting, *args.set, "raw" if args.raw else "z", init) if p)
     out = Path(args.out) / tag.replace("=", "").replace(",", "_")
     t0 = time.perf_counter()
     Trainer(net, cfg, out_dir=out, init_from=args.init).fit(
         (train.images, train.counts), (val.images, val.counts)
     )
-    rows = (out / "history.csv").read_text().splitlines()[1:]
-    losses = [float(r.split(",")[2]) for r in rows]
+    rows = [r.split(",") for r in (out / "history.csv").read_text().splitlines()[1:]]
+    losses = [float(r[2]) for r in rows]  # columns: epoch, train_loss, val_loss, ...
     ratios = [v / plateau for v in losses]
-    learned = [i for i, r in enumerate(ratios) if r < STUCK_FRACTION]
+    learned = [int(r[0]) for r, x in zip(rows, ratios, strict=True) if x < STUCK_FRACTION]
     print(
         json.dumps(
             {

@@ -58,14 +58,15 @@ def test_v2_fine_tunes_the_hippocampi_networks_and_not_the_basal_ganglia(tmp_pat
     for name, job in jobs.items():
         setting = name.split("-")[0]
         if setting == "hippocampi":  # from the midbrain network of the same arch and seed
-            assert job.init_from is not None
-            source = name.replace("hippocampi", "midbrain", 1)
-            assert job.init_from.parent.name.startswith(source + "-")
+            assert job.source == name.replace("hippocampi", "midbrain", 1)
             assert job.config.init is None and job.config.max_epochs == cfg.finetune_epochs
         else:
-            assert job.init_from is None and job.config.init == cfg.init
+            assert job.source is None and job.config.init == cfg.init
+        assert job.init_from is None  # resolved by train_all once the source has finished
     with pytest.raises(ValueError, match="scratch: unknown setting"):
         LesionStudyConfig.v2(scratch=("thalamus",))
+    with pytest.raises(TypeError, match="scratch must be a tuple"):
+        LesionStudyConfig.v2(scratch="basal_ganglia")  # type: ignore[arg-type]
 
 
 def test_zscore_standardises_every_volume_inside_its_region() -> None:

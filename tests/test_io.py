@@ -305,10 +305,14 @@ def test_normalize_intensity_inside_a_mask() -> None:
     assert (z[~m] == 0).all() and z.dtype == np.float32
     mm = normalize_intensity(a, "minmax", mask=m)
     assert mm[m].min() == 0.0 and mm[m].max() == 1.0 and (mm[~m] == 0).all()
-    assert normalize_intensity(a, "none", mask=m) is not None
+    kept = normalize_intensity(a, "none", mask=m)
+    np.testing.assert_array_equal(kept[m], a[m].astype(np.float32))
+    assert (kept[~m] == 0).all()
     with pytest.raises(ValueError, match="mask must be a bool array"):
         normalize_intensity(a, mask=m[0])
     with pytest.raises(ValueError, match="mask must be a bool array"):
         normalize_intensity(a, mask=m.astype(np.uint8))
     with pytest.raises(ValueError, match="mask is empty"):
         normalize_intensity(a, mask=np.zeros(a.shape, bool))
+    with pytest.raises(ValueError, match="mask must be a bool array"):
+        normalize_intensity(a, "none", mask=m[0])

@@ -48,6 +48,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from wsdet._checks import check_int
+from wsdet._normalize import normalize_intensity
 from wsdet.detection import Detections
 
 __all__ = [
@@ -366,65 +367,6 @@ def size_in_voxels(size_mm: float | Sequence[float], spacing: Sequence[float]) -
             f"size_mm must be one positive length (mm) or {sp.size} of them, got {size_mm!r}"
         )
     return tuple(max(1, int(np.floor(v + 0.5))) for v in mm / sp)
-
-
-def normalize_intensity(
-    array: ArrayLike, method: str = "zscore", *, mask: ArrayLike | None = None
-) -> NDArray[np.float32]:
-    """Per-volume intensity normalisation, as float32 (what ``wsdet train`` records).
-
-    Parameters
-    ----------
-    array : array_like
-        The image.
-    method : {"zscore", "minmax", "none"}
-        ``"zscore"``: ``(a - mean) / std`` (``std`` 0 gives zeros); ``"minmax"``: to
-        ``[0, 1]``; ``"none"``: unchanged.
-    mask : array_like of bool, optional
-        A region mask of the image's shape (e.g. a brain or structure mask): the
-        statistics come from the voxels inside it, and the voxels outside are set to 0
-        (with ``"zscore"`` the region's mean, so the mask's border is no edge). Without
-        it, the whole image.
-
-    Raises
-    ------
-    ValueError
-        On an unknown ``method``, a ``mask`` of another shape, or an empty ``mask``.
-
-    Examples
-    --------
-    >>> normalize_intensity([0.0, 5.0, 10.0], "minmax").tolist()
-    [0.0, 0.5, 1.0]
-    >>> normalize_intensity([0.0, 5.0, 7.0], mask=[False, True, True]).tolist()
-    [0.0, -1.0, 1.0]
-    """
-    a = np.asarray(array, dtype=np.float32)
-    if method not in ("zscore", "minmax", "none"):
-        raise ValueError(f"method must be 'zscore', 'minmax' or 'none', got {method!r}")
-    if method == "none":
-        return a
-    inside: NDArray[np.bool_] | None = None
-    values = a
-    if mask is not None:
-        inside = np.asarray(mask)
-        if inside.shape != a.shape or inside.dtype != np.bool_:
-            raise ValueError(
-                f"mask must be a bool array of the image's shape {a.shape}; "
-                f"got {inside.dtype} {inside.shape}"
-            )
-        if not inside.any():
-            raise ValueError("mask is empty: no voxel to take the statistics from")
-        values = a[inside]
-    if method == "zscore":
-        mean = float(values.mean(dtype=np.float64))
-        std = float(values.std(dtype=np.float64))
-        out = (a - mean) / std if std > 0 else np.zeros_like(a)
-    else:
-        lo, hi = float(values.min()), float(values.max())
-        out = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
-    if inside is not None:
-        out = np.where(inside, out, 0.0)
-    return np.asarray(out, dtype=np.float32)
 
 
 # ----------------------------------------------------------------------------- reading

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument(
         "--source",
         choices=["test", "train5k"],
-        default="test",
+        default=None,
         help="digit pools: the test set split in three, or training grids from the train5k "
         "training digits (validation and test grids from the test set)",
     )
@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if getattr(args, "settle", False) and args.smoke:
         p.error("--settle and --smoke exclude each other")
+    if getattr(args, "settle", False) and args.source == "test":
+        p.error("--settle trains on the train5k training digits; --source test contradicts it")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -76,13 +78,14 @@ def main(argv: list[str] | None = None) -> int:
         from wsdet.experiments.mnist import MNISTStudyConfig, run_mnist
 
         for digit in args.digits:
-            over: dict[str, Any] = {"digit": digit, "root": args.root, "source": args.source}
+            over: dict[str, Any] = {"digit": digit, "root": args.root}
+            if args.source is not None:
+                over["source"] = args.source
             if args.budget_min is not None:
                 over["time_budget_min"] = args.budget_min
             if args.max_epochs is not None:
                 over["max_epochs"] = args.max_epochs
             if args.settle:
-                over["source"] = "train5k"
                 cfg = MNISTStudyConfig.settle(**over)
             else:
                 cfg = MNISTStudyConfig.smoke(**over) if args.smoke else MNISTStudyConfig(**over)

@@ -191,6 +191,9 @@ class TrainJob:
     (``config.seed + k``), while its best validation loss is no better than
     ``STUCK_FRACTION`` times that of the best constant prediction (see
     :func:`constant_val_loss`): a run that never left the constant-output plateau.
+    ``source``: the name of another job of the same :func:`train_all` call to fine-tune
+    from; its *final* network (after any restart, see :func:`final_folder`) replaces
+    ``init_from`` once it has finished.
     """
 
     name: str
@@ -201,6 +204,7 @@ class TrainJob:
     augment: Any = None
     init_from: Path | None = None
     max_restarts: int = 0
+    source: str | None = None
 
 
 #: A run whose best validation loss is above this fraction of the constant prediction's is
@@ -221,6 +225,27 @@ def constant_val_loss(objective: str, counts: torch.Tensor) -> float:
     if p in (0.0, 1.0):
         return 0.0
     return float(-(p * np.log(p) + (1 - p) * np.log(1 - p)))
+
+
+def _stuck(best_val_loss: float, plateau: float) -> bool:
+    return bool(best_val_loss > STUCK_FRACTION * plateau)
+
+
+def final_folder(store: Store, job: TrainJob) -> Path | None:
+    """The cache folder of ``job``'s network as :func:`train_all` leaves it: its first
+    attempt off the plateau, or else its last allowed restart; ``None`` while an attempt
+    that decides it has not finished (e.g. another process is still training it)."""
+    plateau = constant_val_loss(job.config.objective, job.val[1])
+    folder: Path | None = None
+    for k in range(job.max_restarts + 1):
+        config = dataclasses.replace(job.config, seed=job.config.seed + k)
+        folder = model_folder(store, job.name, job.spec, config, job.init_from)
+        done = folder / "done.json"
+        if not done.exists():
+            return None
+        if not _stuck(float(store.read_json(done)["best_val_loss"]), plateau):
+            return folder
+    return folder
 
 
 def train_all(
@@ -273,7 +298,7 @@ def train_all(
             if got is None:  # held by another process, or not finished (interim)
                 return None
             info = got[1]
-            stuck = bool(info["best_val_loss"] > STUCK_FRACTION * plateau)
+            stuck = _stuck(info["best_val_loss"], plateau)
             attempts.append(
                 {
                     "seed": config.seed,
@@ -295,26 +320,45 @@ def train_all(
             kwargs["wait"] = True  # a restart is this process's job now
         raise AssertionError("unreachable")
 
+    by_name = {job.name: job for job in jobs}
+    unknown_sources = sorted({j.source for j in jobs if j.source and j.source not in by_name})
+    if unknown_sources:
+        raise ValueError(f"source: unknown network(s) {unknown_sources}; expected some of {names}")
+
+    def ready(job: TrainJob) -> TrainJob | None:
+        """``job`` with the network to fine-tune from resolved, or ``None`` until that
+        network has finished."""
+        if job.source is not None:
+            folder = final_folder(store, by_name[job.source])
+            return (
+                None if folder is None else dataclasses.replace(job, init_from=folder / "best.pt")
+            )
+        if job.init_from is not None and not (job.init_from.parent / "done.json").exists():
+            return None
+        return job
+
     out: dict[str, tuple[nn.Module, dict[str, Any]]] = {}
     to_train = [job for job in jobs if train and (only is None or job.name in only)]
     trained_here = {job.name for job in to_train}
     for job in jobs:
-        if job.name not in trained_here and (got := run(job, train_missing=False)) is not None:
+        if job.name in trained_here or (resolved := ready(job)) is None:
+            continue
+        if (got := run(resolved, train_missing=False)) is not None:
             out[job.name] = got
     deferred: list[TrainJob] = []
     for wait, todo in ((False, to_train), (True, deferred)):
         for job in todo:
-            source_done = job.init_from is None or (job.init_from.parent / "done.json").exists()
-            if not wait and not source_done:
+            resolved = ready(job)
+            if not wait and resolved is None:
                 log.info("%s waits for the network it is fine-tuned from; later", job.name)
                 deferred.append(job)
                 continue
-            if not source_done:  # its source was trained by another process meanwhile
+            if resolved is None:  # its source was trained by another process meanwhile
                 raise RuntimeError(
                     f"{job.name}: the network to fine-tune from has not finished "
-                    f"({job.init_from}); list every job after its source"
+                    f"({job.source or job.init_from}); list every job after its source"
                 )
-            got = run(job, on_trained=on_trained, wait=wait)
+            got = run(resolved, on_trained=on_trained, wait=wait)
             if got is None:
                 log.info("%s is being trained by another process; later", job.name)
                 deferred.append(job)

@@ -38,7 +38,7 @@ from wsdet.data.phantoms.v2 import SETTINGS_V2, hit_radius_mm, make_phantoms_v2,
 from wsdet.data.synthetic import PhantomSet, make_lesion_volumes
 from wsdet.detection import Detections, find_peaks
 from wsdet.detector import Detector
-from wsdet.experiments.common import METHOD_ARCHITECTURE, Store, TrainJob, model_folder
+from wsdet.experiments.common import METHOD_ARCHITECTURE, Store, TrainJob
 from wsdet.experiments.detections import cached_detections, detect_all, detections_path
 from wsdet.experiments.figures import lesion_example, lesions_figures
 from wsdet.experiments.keys import RunKey
@@ -160,8 +160,9 @@ class LesionStudyConfig:
         ``init_seeds``), FAUC at 0–1, 0–2 and 0–15 FP per volume, networks no better than a
         constant restarted (up to twice) and marked failed, and the training-free LoG
         baseline (σ chosen on validation volumes). 96 training volumes, at most 30 epochs
-        with patience 8 per network: at most about 6 hours of a 2-core CPU for the 36
-        networks (an estimate from the timed epochs in ``docs/phantoms_v2.md``).
+        with patience 8 per network: about 3 hours of a 2-core CPU for the 36 networks
+        without restarts, more with them (an estimate from the timed steps in
+        ``docs/phantoms_v2.md``).
         ``smoke``: tiny data, one epoch, one extra seed.
         """
         base: dict[str, Any] = dict(
@@ -188,6 +189,10 @@ class LesionStudyConfig:
         check_choice("phantoms", self.phantoms, ("v1", "v2"))
         known = SETTINGS_V2 if self.phantoms == "v2" else SETTINGS
         for name, settings in (("settings", self.settings), ("scratch", self.scratch)):
+            if isinstance(settings, str):
+                raise TypeError(
+                    f"{name} must be a tuple of setting names, not the string {settings!r}"
+                )
             for setting in settings:
                 if setting not in known:
                     raise ValueError(f"{name}: unknown setting {setting!r}; known: {list(known)}")
@@ -410,7 +415,7 @@ class LesionStudy:
         seed when ``finetune``, unless the setting is one of ``scratch``."""
         cfg = self.config
         jobs: list[TrainJob] = []
-        sources: dict[tuple[str, int | None], Path] = {}  # best.pt of the first setting's
+        sources: dict[tuple[str, int | None], str] = {}  # the first setting's job names
         for setting in cfg.settings:
             train, val, _ = self.data[setting]
             first = setting == cfg.settings[0]
@@ -426,13 +431,12 @@ class LesionStudy:
                         (train.images, train.counts),
                         (val.images, val.counts),
                         augment_batch if cfg.augment else None,
-                        source,
                         max_restarts=cfg.max_restarts,
+                        source=source,  # its final network, after any restart
                     )
                     jobs.append(job)
                     if first:
-                        folder = model_folder(store, job.name, job.spec, job.config)
-                        sources[(arch, seed)] = folder / "best.pt"
+                        sources[(arch, seed)] = job.name
         return jobs
 
     def _runs(self, setting: str) -> list[Run]:

@@ -11,6 +11,7 @@ rounded predicted count.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,6 +195,8 @@ class MNISTStudy:
         if config.data not in ("fresh", "fixed"):
             raise ValueError(f"data must be 'fresh' or 'fixed', got {config.data!r}")
         check_choice("source", config.source, ("test", "train5k"))
+        if config.replicate_paper400 and not config.faithful_gpunet:
+            raise ValueError("replicate_paper400 needs faithful_gpunet=True (its networks)")
         self._config = config
         self.data_key: dict[str, Any] = {}
 
@@ -224,7 +227,9 @@ class MNISTStudy:
             "root_files": "mnist-test-10k",
         }
         if cfg.source != "test":  # the runs on the test pools keep their cache keys
-            self.data_key["root_files"] = "mnist-test-10k+train-5k"
+            pool = splits.train_pool  # keyed by content: another subset trains anew
+            digest = hashlib.md5(pool.images.tobytes() + pool.labels.tobytes()).hexdigest()
+            self.data_key["root_files"] = f"mnist-test-10k+train5k-{digest[:12]}"
         # the test grids reuse digits: the bootstrap also resamples distinct digits
         digits = target_digits(test)
         pos, neg = mnist_examples(test.counts.numpy())

@@ -201,6 +201,8 @@ def run_study(
         The results, as written to ``out/results.json``; with ``train_only``, only
         ``"networks"`` and ``"missing"``.
     """
+    if train_only is not None and "all" in train_only and list(train_only) != ["all"]:
+        raise ValueError("train_only: 'all' names every network; give it alone, not with names")
     cfg = study.config
     store = Store(out)
     t_start = time.perf_counter()

@@ -78,10 +78,15 @@ def find_mnist_files(root: PathLike | None = None, split: str = "test") -> tuple
         tried = [folder / (stem + ext) for folder in folders for ext in ("", ".gz")]
         hit = next((p for p in tried if p.is_file()), None)
         if hit is None:
+            fetch = (
+                "The train5k files are a local subset of the training digits (500 per "
+                "class), on no download mirror: copy them there or point"
+                if split == "train5k"
+                else f"Fetch them with wsdet.data.download_mnist({str(base)!r}) or point"
+            )
             raise FileNotFoundError(
                 f"MNIST {split} {kind} not found; tried {', '.join(map(str, tried))}. "
-                f"Fetch them with wsdet.data.download_mnist({str(base)!r}) or point "
-                f"{MNIST_ENV_VAR} at a folder holding them."
+                f"{fetch} {MNIST_ENV_VAR} at a folder holding them."
             )
         found.append(hit)
     return found[0], found[1]
