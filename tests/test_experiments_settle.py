@@ -85,6 +85,7 @@ def test_settle_smoke_reports_both_regimes_and_duplicates_ignored(tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "GP-Unet, the paper's 400 fixed grids + augmentation |" in report
     assert "duplicate hits ignored" in report
+    assert "Training grids from the 5,000 MNIST training digits (train5k)" in report
 
 
 def test_settle_and_source_arguments_are_checked(tmp_path):

@@ -262,6 +262,16 @@ def _two_way_table(results: dict[str, Any]) -> list[str]:
     return out
 
 
+def _digit_source(cfg: dict[str, Any]) -> str:
+    """Where the grids' digits come from, when not the test set split in three."""
+    if cfg.get("source", "test") == "test":
+        return ""
+    return (
+        " Training grids from the 5,000 MNIST training digits (train5k); validation and "
+        "test grids from disjoint pools of the test set."
+    )
+
+
 def mnist_markdown(results: dict[str, Any]) -> str:
     """The MNIST tables: FAUC per method and objective (paper Fig. 5), operating points,
     paired comparisons, and the training runs."""
@@ -273,7 +283,7 @@ def mnist_markdown(results: dict[str, Any]) -> str:
         *_interim(results),
         f"FAUC over 0–{cfg['max_fp']:g} FP/image (×100) ± bootstrap sd "
         f"({cfg['n_bootstrap']} replicates), {cfg['n_test']} balanced test images, NMS size "
-        f"{cfg['nms_size']}, one-to-one matching with the 28×28-cell rule.",
+        f"{cfg['nms_size']}, one-to-one matching with the 28×28-cell rule." + _digit_source(cfg),
         "",
         "| method | regression FAUC | classification FAUC | regression: sensitivity / FP "
         "per image at the operating point | regression count MAE | candidates/image "
