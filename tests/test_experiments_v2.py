@@ -166,3 +166,32 @@ def test_v2_smoke_study_end_to_end(tmp_path: Path) -> None:
     assert "initialisation seeds (0, 100; same data)" in report
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["config"]["phantoms"] == "v2" and saved["config"]["data_seed"] == 1000
+
+
+def test_detect_all_keeps_candidates_inside_the_region_masks() -> None:
+    from scipy import ndimage
+
+    from wsdet.detector import Detector
+    from wsdet.experiments.detections import detect_all
+    from wsdet.models import GPUnet
+
+    torch.manual_seed(0)
+    model = GPUnet(dim=3, width=2).eval()
+    x = torch.randn(3, 1, 6, 12, 12)
+    full = torch.ones(3, 6, 12, 12, dtype=torch.bool)
+    plain = detect_all(model, "gp_unet", x, batch_size=2, size=3)
+    same = detect_all(model, "gp_unet", x, batch_size=2, size=3, masks=full)
+    for a, b in zip(plain, same, strict=True):  # an all-true mask changes nothing
+        assert np.array_equal(a.points, b.points) and np.allclose(a.scores, b.scores)
+        assert a.count == pytest.approx(b.count)
+    region = full.clone()
+    region[:, :, :, 6:] = False  # the right half is outside
+    inside = detect_all(model, "gp_unet", x, batch_size=2, size=3, masks=region)
+    assert all(len(d.points) and (d.points[:, 2] < 6).all() for d in inside)
+    # independent: the masked map's maxima, brute force over 3x3x3 windows (clipped)
+    model_maps, _ = Detector(model, method="gp_unet").attention_and_count(x)
+    maps = (model_maps.clamp_min(0) * region).numpy()
+    for k, d in enumerate(inside):
+        peak = (ndimage.maximum_filter(maps[k], size=3, mode="constant") == maps[k]) & (maps[k] > 0)
+        assert {tuple(p) for p in d.points} == {tuple(p) for p in np.argwhere(peak)}
+    assert LesionStudyConfig.v2().mask_maps and not LesionStudyConfig().mask_maps

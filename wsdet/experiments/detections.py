@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from wsdet._io import atomic_write
-from wsdet.detection import Detections
+from wsdet.detection import Detections, detect_maps
 from wsdet.detector import Detector
 from wsdet.experiments.store import FolderLock, Store
 
@@ -58,12 +58,23 @@ def detect_all(
     batch_size: int,
     size: int | tuple[int, ...] = NMS_SIZE,
     options: dict[str, Any] | None = None,
+    masks: torch.Tensor | None = None,
 ) -> list[Detections]:
-    """Every NMS candidate (``n="all"``, negatives clipped) of every image."""
+    """Every NMS candidate (``n="all"``, negatives clipped) of every image.
+
+    ``masks``: ``(N, *S)`` bool region masks; each map is set to 0 outside its mask before
+    the NMS (as the training-free references' maps are), so every candidate lies inside.
+    """
     det = Detector(model, method=method, **(options or {}))
     out: list[Detections] = []
     for i in range(0, images.shape[0], batch_size):
-        out += det.detect(images[i : i + batch_size], n="all", size=size, negatives="clip")
+        x = images[i : i + batch_size]
+        if masks is None:
+            out += det.detect(x, n="all", size=size, negatives="clip")
+            continue
+        maps, counts = det.attention_and_count(x)
+        inside = masks[i : i + batch_size].to(maps.device, maps.dtype)
+        out += detect_maps(maps.clamp_min(0) * inside, n="all", counts=counts, size=size)
     return out
 
 

@@ -101,7 +101,10 @@ class LesionStudyConfig:
     settings fine-tuned from them (``finetune``, at most ``finetune_epochs``), except
     those listed in ``scratch``. ``zscore``: z-score every volume inside its region mask
     (:meth:`~wsdet.data.phantoms.PhantomSet.zscored`) for every method, the networks and
-    the training-free references alike. :meth:`v2` gives the benchmark v2 protocol.
+    the training-free references alike; ``mask_maps``: set every attention map to 0 outside
+    the region mask before the NMS, as the LoG and chance maps are (z-scored volumes are 0,
+    the tissue mean, outside the region, so an unmasked map can peak there).
+    :meth:`v2` gives the benchmark v2 protocol.
     """
 
     settings: tuple[str, ...] = ("midbrain", "hippocampi", "basal_ganglia")
@@ -142,6 +145,7 @@ class LesionStudyConfig:
     log_baseline: bool = False
     log_sigmas_mm: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
     zscore: bool = False
+    mask_maps: bool = False
 
     @classmethod
     def smoke(cls, **overrides: Any) -> LesionStudyConfig:
@@ -178,6 +182,7 @@ class LesionStudyConfig:
             max_restarts=2,
             log_baseline=True,
             zscore=True,
+            mask_maps=True,
             n_train=96,
         )
         if smoke:  # the v1 smoke sizes (its shapes are unused: each v2 setting has one)
@@ -303,6 +308,9 @@ def _slice_detections(
     for i in range(0, len(test), cfg.eval_batch):
         maps_t, counts = det.attention_and_count(test.images[i : i + cfg.eval_batch])
         maps = maps_t.clamp_min(0).float().cpu().numpy()
+        if cfg.mask_maps:  # 0 outside the region, as the references' maps
+            assert test.mask is not None
+            maps = maps * test.mask[i : i + cfg.eval_batch].numpy()
         out += [_on_slice(maps[j], test, i + j, cfg, float(counts[j])) for j in range(len(maps))]
     return out
 
@@ -474,6 +482,8 @@ class LesionStudy:
         model, info = net
         key = {"n_test": cfg.n_test, "slice": slice_mode, **self.data_keys[setting]}
         key["network_dir"] = info["folder"]
+        if cfg.mask_maps:  # absent when off: earlier caches stay valid
+            key["masked"] = True
         size = cfg.nms_size_of(setting)
         path = detections_path(store, run.name, key, method, size, run.options)
         compute: Callable[[], list[Detections]]
@@ -488,6 +498,7 @@ class LesionStudy:
                 batch_size=cfg.eval_batch,
                 size=size,
                 options=run.options,
+                masks=test.mask if cfg.mask_maps else None,
             )
         return cached_detections(path, compute)
 

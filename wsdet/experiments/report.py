@@ -406,8 +406,9 @@ def lesions_markdown(results: dict[str, Any]) -> str:
         "point = top-n with n the rounded predicted count (for the intensity baseline, the base "
         "CNN's count; for the chance reference, NMS on uniform noise inside the region, the "
         "training mean count). Candidates: the local maxima left after non-maximum "
-        "suppression (negatives clipped); with all of them taken, the FROC curve ends at the "
-        "last row's sensitivity.",
+        "suppression (negatives clipped"
+        + ("; every map 0 outside the region mask" if cfg.get("mask_maps") else "")
+        + "); with all of them taken, the FROC curve ends at the last row's sensitivity.",
         "",
         "| setting | " + " | ".join(DISPLAY[m] for m in methods) + " |",
         "| --- |" + " --- |" * len(methods),
