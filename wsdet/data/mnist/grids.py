@@ -327,28 +327,27 @@ def mnist_grid_splits(
         images, labels = load_mnist(root, "test")
         pools = split_pool(images, labels, tuple(float(f) for f in fractions), seed=seeds[0])
         train_pool, val_pool, test_pool = pools
-    elif source == "official":
-        train_images, train_labels = load_mnist(root, "train")
-        test_images, test_labels = load_mnist(root, "test")
-        f_train, f_val = float(fractions[0]), float(fractions[1])
-        if f_train <= 0 or f_val <= 0:
-            raise ValueError(f"fractions[0] and fractions[1] must be positive, got {fractions}")
-        share = f_train / (f_train + f_val)
-        train_pool, val_pool = split_pool(
-            train_images, train_labels, (share, 1.0 - share), seed=seeds[0]
+    elif source in ("official", "train5k"):
+        # one split set whole, the other split in two by the ratio of its two fractions
+        whole: Literal["test", "train5k"] = "test" if source == "official" else "train5k"
+        halves = (0, 1) if source == "official" else (1, 2)
+        fa, fb = (float(fractions[i]) for i in halves)
+        if fa <= 0 or fb <= 0:
+            raise ValueError(
+                f"fractions[{halves[0]}] and fractions[{halves[1]}] must be positive, "
+                f"got {fractions}"
+            )
+        split: Literal["train", "test"] = "train" if source == "official" else "test"
+        images, labels = load_mnist(root, split)
+        first, second = split_pool(
+            images, labels, (share := fa / (fa + fb), 1.0 - share), seed=seeds[0]
         )
-        test_pool = DigitPool(test_images, test_labels, np.arange(len(test_labels)))
-    elif source == "train5k":
-        train_images, train_labels = load_mnist(root, "train5k")
-        test_images, test_labels = load_mnist(root, "test")
-        f_val, f_test = float(fractions[1]), float(fractions[2])
-        if f_val <= 0 or f_test <= 0:
-            raise ValueError(f"fractions[1] and fractions[2] must be positive, got {fractions}")
-        share = f_val / (f_val + f_test)
-        train_pool = DigitPool(train_images, train_labels, np.arange(len(train_labels)))
-        val_pool, test_pool = split_pool(
-            test_images, test_labels, (share, 1.0 - share), seed=seeds[0]
-        )
+        w_images, w_labels = load_mnist(root, whole)
+        kept = DigitPool(w_images, w_labels, np.arange(len(w_labels)))
+        if source == "official":
+            train_pool, val_pool, test_pool = first, second, kept
+        else:
+            train_pool, val_pool, test_pool = kept, first, second
     else:
         raise ValueError(f"source must be 'test', 'official' or 'train5k', got {source!r}")
     kwargs: dict[str, Any] = {"rows": rows, "cols": cols, "positive_fraction": positive_fraction}
