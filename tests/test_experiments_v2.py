@@ -141,6 +141,16 @@ def test_report_marks_failed_networks_and_tests_across_seeds() -> None:
     row = next(r for r in md.splitlines() if r.startswith("| midbrain | Grad-CAM |"))
     assert row.startswith("| midbrain | Grad-CAM | 60.0 / 10.0 † / 50.0 | 55.0 ± 7.1 | +30.0 (")
     assert row.endswith("p 0.5 (≥ 0.5) |")
+    assert "trained again" not in md  # no restarts yet
+    # a restarted network's column names the seed its reported network was trained from
+    results["networks"]["midbrain-gpunet-seed200"]["attempts"] = [
+        {"seed": 200, "best_val_loss": 1.95},
+        {"seed": 201, "best_val_loss": 1.0},
+    ]
+    md = lesions_markdown(results)
+    row = next(r for r in md.splitlines() if r.startswith("| midbrain | GP-Unet |"))
+    assert "| 80.0 / 70.0 / 90.0 (seed 201) | 80.0 ± 10.0 |" in row
+    assert "trained again from seed k" in md
     # the main table marks failed networks with a dagger only for the study's own seed
     results["networks"]["midbrain-basecnn"]["stuck"] = True
     md = lesions_markdown(results)

@@ -162,28 +162,29 @@ class LesionStudyConfig:
         basal-ganglia-like from scratch (``scratch``); a data seed apart from the
         initialisation seeds, three initialisation seeds per network (the study's and
         ``init_seeds``), FAUC at 0–1, 0–2 and 0–15 FP per volume, networks no better than a
-        constant restarted (up to twice) and marked failed, and the training-free LoG
-        baseline (σ chosen on validation volumes). 96 training volumes, at most 30 epochs
-        with patience 8 per network: about 3 hours of a 2-core CPU for the 36 networks
-        without restarts, more with them (an estimate from the timed steps in
-        ``docs/phantoms_v2.md``).
+        constant restarted (once) and marked failed, and the training-free LoG baseline
+        (σ chosen on validation volumes). 96 training and 32 validation volumes, at most 10
+        epochs with patience 5 per network: about 2 hours of two single-thread processes on
+        a 2-core CPU for the 36 networks (``docs/phantoms_v2.md``, "Training cost").
         ``smoke``: tiny data, one epoch, one extra seed.
         """
         base: dict[str, Any] = dict(
             phantoms="v2",
             setting_shapes={},
             finetune=True,
-            finetune_epochs=30,
+            max_epochs=10,
+            finetune_epochs=10,
             scratch=("basal_ganglia",),
-            patience=8,
+            patience=5,
             data_seed=1000,
             init_seeds=(100, 200),
             fauc_budgets=(1.0, 2.0),
-            max_restarts=2,
+            max_restarts=1,
             log_baseline=True,
             zscore=True,
             mask_maps=True,
             n_train=96,
+            n_val=32,
         )
         if smoke:  # the v1 smoke sizes (its shapes are unused: each v2 setting has one)
             base.update(_SMOKE, init_seeds=(100,), max_restarts=0, log_sigmas_mm=(0.75, 1.25))

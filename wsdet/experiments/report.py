@@ -305,14 +305,22 @@ def mnist_markdown(results: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _lesion_network(
+    results: dict[str, Any], setting: str, method: str, seed: int | None = None
+) -> dict[str, Any]:
+    """The record of the network ``method`` reads on ``setting`` (trained from ``seed``,
+    default the study's); empty when there is none (the references)."""
+    arch = METHOD_ARCHITECTURE.get(method)
+    own = seed is None or seed == results["config"].get("seed", 0)
+    name = f"{setting}-{arch}" + ("" if own else f"-seed{seed}")
+    return dict((results.get("networks") or {}).get(name, {}))
+
+
 def _failed(results: dict[str, Any], setting: str, method: str, seed: int | None = None) -> bool:
     """Whether the network ``method`` reads on ``setting`` (trained from ``seed``, default
     the study's) stayed no better than a constant (best validation loss above
     ``STUCK_FRACTION`` × the constant's, after its restarts)."""
-    arch = METHOD_ARCHITECTURE.get(method)
-    own = seed is None or seed == results["config"].get("seed", 0)
-    name = f"{setting}-{arch}" + ("" if own else f"-seed{seed}")
-    return bool((results.get("networks") or {}).get(name, {}).get("stuck"))
+    return bool(_lesion_network(results, setting, method, seed).get("stuck"))
 
 
 def _lesion_rows(results: dict[str, Any], s: str, methods: list[str]) -> list[str]:
@@ -373,19 +381,34 @@ def _lesion_seed_table(results: dict[str, Any], settings: list[str]) -> list[str
         "| setting | method | FAUC per seed | mean ± sd | GP-Unet − method |",
         "| --- | --- | --- | --- | --- |",
     ]
+    restarted = False
     for s in settings:
         ref = _kept(results, s, "gp_unet", seeds)
         for m in results["config"]["methods"]:
             vals = by_seed.get(RunKey(m, variant=s).label, {})
             got = _kept(results, s, m, seeds)
-            cells = " / ".join(
-                "—"
-                if str(k) not in vals
-                else f"{100 * vals[str(k)]:.1f}" + (" †" if v is None else "")
-                for k, v in zip(seeds, got, strict=True)
-            )
+            texts = []
+            for k, v in zip(seeds, got, strict=True):
+                if str(k) not in vals:
+                    texts.append("—")
+                    continue
+                attempts = _lesion_network(results, s, m, k).get("attempts")
+                true = int(attempts[-1]["seed"]) if attempts else k
+                restarted |= true != k
+                texts.append(
+                    f"{100 * vals[str(k)]:.1f}"
+                    + ("" if true == k else f" (seed {true})")
+                    + (" †" if v is None else "")
+                )
+            cells = " / ".join(texts)
             test = "—" if m == "gp_unet" else _seed_test(ref, got)
             out.append(f"| {s} | {DISPLAY[m]} | {cells} | {_mean_sd(got)} | {test} |")
+    if restarted:
+        out += [
+            "",
+            "(seed k): the network of that column stayed on the plateau and was trained again "
+            "from seed k (the next seed), whose network the column reports.",
+        ]
     return out
 
 
