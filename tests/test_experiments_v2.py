@@ -60,8 +60,10 @@ def test_v2_fine_tunes_the_hippocampi_networks_and_not_the_basal_ganglia(tmp_pat
         if setting == "hippocampi":  # from the midbrain network of the same arch and seed
             assert job.source == name.replace("hippocampi", "midbrain", 1)
             assert job.config.init is None and job.config.max_epochs == cfg.finetune_epochs
+            assert job.max_restarts == 0  # a restart would start from the same source
         else:
             assert job.source is None and job.config.init == cfg.init
+            assert job.max_restarts == cfg.max_restarts == 1
         assert job.init_from is None  # resolved by train_all once the source has finished
     with pytest.raises(ValueError, match="scratch: unknown setting"):
         LesionStudyConfig.v2(scratch=("thalamus",))

@@ -162,10 +162,11 @@ class LesionStudyConfig:
         basal-ganglia-like from scratch (``scratch``); a data seed apart from the
         initialisation seeds, three initialisation seeds per network (the study's and
         ``init_seeds``), FAUC at 0–1, 0–2 and 0–15 FP per volume, networks no better than a
-        constant restarted (once) and marked failed, and the training-free LoG baseline
-        (σ chosen on validation volumes). 96 training and 32 validation volumes, at most 10
-        epochs with patience 5 per network: about 2 hours of two single-thread processes on
-        a 2-core CPU for the 36 networks (``docs/phantoms_v2.md``, "Training cost").
+        constant restarted (once; not the fine-tuned ones) and marked failed, and the
+        training-free LoG baseline (σ chosen on validation volumes). 96 training and 32
+        validation volumes, at most 10 epochs with patience 5 per network: about 2 hours of
+        two single-thread processes on a 2-core CPU for the 36 networks
+        (``docs/phantoms_v2.md``, "Training cost").
         ``smoke``: tiny data, one epoch, one extra seed.
         """
         base: dict[str, Any] = dict(
@@ -440,7 +441,9 @@ class LesionStudy:
                         (train.images, train.counts),
                         (val.images, val.counts),
                         augment_batch if cfg.augment else None,
-                        max_restarts=cfg.max_restarts,
+                        # a restart of a fine-tuned network would start from the same
+                        # source again (only the batch order changes): none
+                        max_restarts=0 if source is not None else cfg.max_restarts,
                         source=source,  # its final network, after any restart
                     )
                     jobs.append(job)
