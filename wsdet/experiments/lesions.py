@@ -164,9 +164,9 @@ class LesionStudyConfig:
         ``init_seeds``), FAUC at 0–1, 0–2 and 0–15 FP per volume, networks no better than a
         constant restarted (once; not the fine-tuned ones) and marked failed, and the
         training-free LoG baseline (σ chosen on validation volumes). 96 training and 32
-        validation volumes, at most 10 epochs with patience 5 per network: about 2 hours of
-        two single-thread processes on a 2-core CPU for the 36 networks
-        (``docs/phantoms_v2.md``, "Training cost").
+        validation volumes, at most 10 epochs with patience 5 per network trained from scratch
+        and 6 per fine-tuned one: about 2 hours of two single-thread processes on a 2-core
+        CPU for the 36 networks (``docs/phantoms_v2.md``, "Training cost").
         ``smoke``: tiny data, one epoch, one extra seed.
         """
         base: dict[str, Any] = dict(
@@ -174,7 +174,7 @@ class LesionStudyConfig:
             setting_shapes={},
             finetune=True,
             max_epochs=10,
-            finetune_epochs=10,
+            finetune_epochs=6,
             scratch=("basal_ganglia",),
             patience=5,
             data_seed=1000,
