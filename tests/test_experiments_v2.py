@@ -155,8 +155,11 @@ def test_report_marks_failed_networks_and_tests_across_seeds() -> None:
     assert "trained again from seed k" in md
     # the main table marks failed networks with a dagger only for the study's own seed
     results["networks"]["midbrain-basecnn"]["stuck"] = True
+    results["config"]["methods"].append("intensity")
+    results["evaluations"]["midbrain"]["intensity"] = _ev(0.5)
     md = lesions_markdown(results)
-    assert "| midbrain FAUC | 80.0 ± 1.0 | 60.0 ± 1.0 † | 70.0 ± 1.0 |" in md
+    # the intensity map needs no network: its FAUC stays ranked when the base CNN failed
+    assert "| midbrain FAUC | 80.0 ± 1.0 | 60.0 ± 1.0 † | 50.0 ± 1.0 | 70.0 ± 1.0 |" in md
     assert "left out of any ranking" in md
 
 

@@ -319,7 +319,11 @@ def _lesion_network(
 def _failed(results: dict[str, Any], setting: str, method: str, seed: int | None = None) -> bool:
     """Whether the network ``method`` reads on ``setting`` (trained from ``seed``, default
     the study's) stayed no better than a constant (best validation loss above
-    ``STUCK_FRACTION`` × the constant's, after its restarts)."""
+    ``STUCK_FRACTION`` × the constant's, after its restarts). Never for the intensity
+    baseline: its map needs no network (only its operating point reads the base CNN's
+    count)."""
+    if method == "intensity":
+        return False
     return bool(_lesion_network(results, setting, method, seed).get("stuck"))
 
 
