@@ -152,7 +152,7 @@ def test_report_marks_failed_networks_and_tests_across_seeds() -> None:
     md = lesions_markdown(results)
     row = next(r for r in md.splitlines() if r.startswith("| midbrain | GP-Unet |"))
     assert "| 80.0 / 70.0 / 90.0 (seed 201) | 80.0 ± 10.0 |" in row
-    assert "trained again from seed k" in md
+    assert "the column reports the network trained from seed k" in md
     # the main table marks failed networks with a dagger only for the study's own seed
     results["networks"]["midbrain-basecnn"]["stuck"] = True
     results["config"]["methods"].append("intensity")
@@ -160,6 +160,17 @@ def test_report_marks_failed_networks_and_tests_across_seeds() -> None:
     md = lesions_markdown(results)
     # the intensity map needs no network: its FAUC stays ranked when the base CNN failed
     assert "| midbrain FAUC | 80.0 ± 1.0 | 60.0 ± 1.0 † | 50.0 ± 1.0 | 70.0 ± 1.0 |" in md
+    # ... and a restarted base CNN does not relabel the intensity's seeds
+    results["networks"]["midbrain-basecnn-seed100"]["attempts"] = [
+        {"seed": 100, "best_val_loss": 1.95},
+        {"seed": 101, "best_val_loss": 1.9},
+    ]
+    results["fauc_by_seed"]["intensity-regression-midbrain"] = {"0": 0.5, "100": 0.5, "200": 0.5}
+    md = lesions_markdown(results)
+    intensity = next(r for r in md.splitlines() if r.startswith("| midbrain | Intensities |"))
+    assert "| 50.0 / 50.0 / 50.0 | 50.0 ± 0.0 |" in intensity
+    grad_cam = next(r for r in md.splitlines() if r.startswith("| midbrain | Grad-CAM |"))
+    assert "10.0 (seed 101) †" in grad_cam
     assert "left out of any ranking" in md
 
 

@@ -88,7 +88,7 @@ _SMOKE: dict[str, Any] = dict(
 
 @dataclass
 class LesionStudyConfig:
-    """Settings of the 3D study (defaults: the run reported in docs/results.md).
+    """Settings of the 3D study (defaults: the v1 run reported in docs/results.md).
 
     The volumes, the width and the budget are sized for a 2-core CPU (paper: 32 filters,
     a day per network on a GPU): 16 × 32 × 32 volumes for the midbrain-like setting (the
@@ -165,8 +165,8 @@ class LesionStudyConfig:
         constant restarted (once; not the fine-tuned ones) and marked failed, and the
         training-free LoG baseline (σ chosen on validation volumes). 96 training and 32
         validation volumes, at most 10 epochs with patience 5 per network trained from scratch
-        and 6 per fine-tuned one: about 3 hours of two single-thread processes on a 2-core
-        CPU for the 36 networks (measured, ``docs/phantoms_v2.md``, "Training cost").
+        and 6 per fine-tuned one: an estimated 3 hours of two single-thread processes on a
+        2-core CPU for the 36 networks (``docs/phantoms_v2.md``, "Training cost").
         ``smoke``: tiny data, one epoch, one extra seed.
         """
         base: dict[str, Any] = dict(

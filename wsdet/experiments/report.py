@@ -396,7 +396,9 @@ def _lesion_seed_table(results: dict[str, Any], settings: list[str]) -> list[str
                 if str(k) not in vals:
                     texts.append("—")
                     continue
-                attempts = _lesion_network(results, s, m, k).get("attempts")
+                # the intensity map needs no network: never a restarted seed
+                net = {} if m == "intensity" else _lesion_network(results, s, m, k)
+                attempts = net.get("attempts")
                 true = int(attempts[-1]["seed"]) if attempts else k
                 restarted |= true != k
                 texts.append(
@@ -410,8 +412,8 @@ def _lesion_seed_table(results: dict[str, Any], settings: list[str]) -> list[str
     if restarted:
         out += [
             "",
-            "(seed k): the network of that column stayed on the plateau and was trained again "
-            "from seed k (the next seed), whose network the column reports.",
+            "(seed k): the network of that column stayed on the plateau and was trained again; "
+            "the column reports the network trained from seed k.",
         ]
     return out
 
