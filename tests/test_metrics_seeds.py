@@ -42,8 +42,14 @@ def test_mixed_signs_p_value_by_enumeration() -> None:
     assert r.wins == 3 and r.min_p_value == 2 / 16
 
 
+# Differences on a dyadic grid: every sign-flip sum is exact, so ties are ties for both
+# implementations (they treat near-ties within rounding differently: e.g. [0.75, 4e-15,
+# -0.5] is a tie of 0.25 with 0.25 - 8e-15 here, p = 1, but not for scipy, p = 0.75).
+_DYADIC = st.integers(-64, 64).map(lambda k: k / 64)
+
+
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.floats(-1, 1), min_size=2, max_size=7), st.integers(0, 2**31 - 1))
+@given(st.lists(_DYADIC, min_size=2, max_size=7), st.integers(0, 2**31 - 1))
 def test_matches_scipy_permutation_test(diffs: list[float], seed: int) -> None:
     a = {str(i): x for i, x in enumerate(diffs)}
     b = {str(i): 0.0 for i in range(len(diffs))}
@@ -86,3 +92,10 @@ def test_zero_differences_many_seeds_and_int_keys() -> None:
     many = compare_seeds({i: 1.0 + i for i in range(25)}, {i: 0.0 for i in range(25)})
     assert not many.exact and many.p_value == pytest.approx(1 / 100_001)
     assert many.wins == 25 and many.min_p_value == pytest.approx(2 / 2**25)
+
+
+def test_rounding_level_differences_tie() -> None:
+    # 0.75 + 4e-15 - 0.5 and 0.75 - 4e-15 - 0.5 differ by rounding only: both count as
+    # "as extreme" as the observed sum, so every one of the 8 assignments does (p = 1)
+    r = compare_seeds({"0": 0.75, "1": 4e-15, "2": -0.5}, {"0": 0.0, "1": 0.0, "2": 0.0})
+    assert r.p_value == 1.0
