@@ -309,7 +309,10 @@ def _lesion_network(
     results: dict[str, Any], setting: str, method: str, seed: int | None = None
 ) -> dict[str, Any]:
     """The record of the network ``method`` reads on ``setting`` (trained from ``seed``,
-    default the study's); empty when there is none (the references)."""
+    default the study's); empty when its map needs none (the references, and the
+    intensity baseline: only its operating point reads the base CNN's count)."""
+    if method == "intensity":
+        return {}
     arch = METHOD_ARCHITECTURE.get(method)
     own = seed is None or seed == results["config"].get("seed", 0)
     name = f"{setting}-{arch}" + ("" if own else f"-seed{seed}")
@@ -319,11 +322,8 @@ def _lesion_network(
 def _failed(results: dict[str, Any], setting: str, method: str, seed: int | None = None) -> bool:
     """Whether the network ``method`` reads on ``setting`` (trained from ``seed``, default
     the study's) stayed no better than a constant (best validation loss above
-    ``STUCK_FRACTION`` × the constant's, after its restarts). Never for the intensity
-    baseline: its map needs no network (only its operating point reads the base CNN's
-    count)."""
-    if method == "intensity":
-        return False
+    ``STUCK_FRACTION`` × the constant's, after its restarts); never for a method whose map
+    needs no network."""
     return bool(_lesion_network(results, setting, method, seed).get("stuck"))
 
 
@@ -396,9 +396,7 @@ def _lesion_seed_table(results: dict[str, Any], settings: list[str]) -> list[str
                 if str(k) not in vals:
                     texts.append("—")
                     continue
-                # the intensity map needs no network: never a restarted seed
-                net = {} if m == "intensity" else _lesion_network(results, s, m, k)
-                attempts = net.get("attempts")
+                attempts = _lesion_network(results, s, m, k).get("attempts")
                 true = int(attempts[-1]["seed"]) if attempts else k
                 restarted |= true != k
                 texts.append(
