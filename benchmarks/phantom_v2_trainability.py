@@ -33,13 +33,26 @@ from wsdet.models import get_model
 from wsdet.train import TrainConfig, Trainer
 
 
+def _value(text: str) -> int | float | str:
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def parse_set(items: list[str]) -> dict[str, Any]:
-    """``["cnr=3.5", "lesion_radius=0.75,1.5"]`` -> ``{"cnr": 3.5, "lesion_radius":
-    (0.75, 1.5)}``."""
+    """``["cnr=3.5", "lesion_radius=0.75,1.5", "shape=8,96,96", "annotation=volume"]``
+    -> ``{"cnr": 3.5, "lesion_radius": (0.75, 1.5), "shape": (8, 96, 96), "annotation":
+    "volume"}``."""
     out: dict[str, Any] = {}
     for item in items:
         key, _, value = item.partition("=")
-        parts = [float(v) for v in value.split(",")]
+        # "8" stays an int (shape, look-alike counts), "3.5" a float, "volume" a string
+        parts = [_value(v) for v in value.split(",")]
         out[key] = parts[0] if len(parts) == 1 else tuple(parts)
     return out
 

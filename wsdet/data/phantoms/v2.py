@@ -233,7 +233,7 @@ SETTINGS_V2: dict[str, PhantomSettingV2] = {
         cnr=3.5,
         mean_count=15.0,
         dispersion=3.0,
-        lookalikes=(20, 40),
+        lookalikes=(4, 8),
         touching_fraction=0.5,
         annotation="slice",
     ),
