@@ -71,6 +71,26 @@ def test_v2_fine_tunes_the_hippocampi_networks_and_not_the_basal_ganglia(tmp_pat
         LesionStudyConfig.v2(scratch="basal_ganglia")  # type: ignore[arg-type]
 
 
+def test_scratch_epochs_and_patience_apply_to_the_scratch_setting_only(tmp_path: Path) -> None:
+    from wsdet.experiments.common import Store, config_key
+
+    small = {"n_train": 2, "n_val": 1, "n_test": 1, "init_seeds": ()}
+    plain = {
+        j.name: j for j in LesionStudy(LesionStudyConfig.v2(**small)).plan(Store(tmp_path)).jobs
+    }
+    cfg = LesionStudyConfig.v2(scratch_epochs=20, scratch_patience=10, **small)
+    longer = {j.name: j for j in LesionStudy(cfg).plan(Store(tmp_path)).jobs}
+    assert plain.keys() == longer.keys()
+    for name, job in longer.items():
+        before = plain[name]
+        if name.startswith("basal_ganglia"):
+            assert (job.config.max_epochs, job.config.patience) == (20, 10)
+            assert (before.config.max_epochs, before.config.patience) == (10, 5)
+            assert config_key(job.config) != config_key(before.config)  # new networks
+        else:  # the midbrain-like (first) and the fine-tuned hippocampi-like: as before
+            assert job.config == before.config
+
+
 def test_zscore_standardises_every_volume_inside_its_region() -> None:
     small = {"n_train": 2, "n_val": 1, "n_test": 2, "settings": ("midbrain",)}
     raw = _data(LesionStudyConfig.v2(zscore=False, **small), "midbrain")
@@ -221,3 +241,22 @@ def test_detect_all_keeps_candidates_inside_the_region_masks() -> None:
         peak = (ndimage.maximum_filter(maps[k], size=3, mode="constant") == maps[k]) & (maps[k] > 0)
         assert {tuple(p) for p in d.points} == {tuple(p) for p in np.argwhere(peak)}
     assert LesionStudyConfig.v2().mask_maps and not LesionStudyConfig().mask_maps
+
+
+def test_cli_passes_scratch_epochs_and_patience(tmp_path: Path, monkeypatch: Any) -> None:
+    import wsdet.experiments.lesions as les
+    from wsdet.experiments.__main__ import main
+
+    seen: list[LesionStudyConfig] = []
+
+    def fake_run(cfg: LesionStudyConfig, out: str, **kw: Any) -> dict[str, Any]:
+        seen.append(cfg)
+        return {"networks": [], "missing": []}
+
+    monkeypatch.setattr(les, "run_lesions", fake_run)
+    argv = ["lesions3d", "--out", str(tmp_path), "--v2", "--train-only", "all"]
+    assert main([*argv, "--scratch-epochs", "20", "--scratch-patience", "10"]) == 0
+    assert main(argv) == 0
+    assert (seen[0].scratch_epochs, seen[0].scratch_patience) == (20, 10)
+    assert (seen[1].scratch_epochs, seen[1].scratch_patience) == (None, None)
+    assert seen[0].max_epochs == seen[1].max_epochs == 10  # the others' cap is unchanged

@@ -62,6 +62,19 @@ def main(argv: list[str] | None = None) -> int:
     les.add_argument("--settings", nargs="+", default=None)
     les.add_argument("--budget-min", type=float, default=None, help="training minutes/network")
     les.add_argument("--threads", type=int, default=None)
+    les.add_argument(
+        "--scratch-epochs",
+        type=int,
+        default=None,
+        help="epoch cap of the networks trained from scratch in a later setting "
+        "(v2: basal_ganglia; default: as the others)",
+    )
+    les.add_argument(
+        "--scratch-patience",
+        type=int,
+        default=None,
+        help="patience of those networks (default: as the others)",
+    )
     les.add_argument("--interim", action="store_true", help=INTERIM)
     les.add_argument("--train-only", nargs="+", default=None, metavar="NAME", help=TRAIN_ONLY)
     les.add_argument("--device", default=None, help=DEVICE)
@@ -102,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
             over3["settings"] = tuple(args.settings)
         if args.budget_min is not None:
             over3["time_budget_min"] = args.budget_min
+        if args.scratch_epochs is not None:
+            over3["scratch_epochs"] = args.scratch_epochs
+        if args.scratch_patience is not None:
+            over3["scratch_patience"] = args.scratch_patience
         if args.v2:
             cfg3 = LesionStudyConfig.v2(smoke=args.smoke, **over3)
         elif args.smoke:

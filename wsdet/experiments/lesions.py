@@ -99,7 +99,9 @@ class LesionStudyConfig:
     ``max_epochs``. As in the paper, the networks of the
     first setting (the easiest, midbrain) are trained from scratch and those of the other
     settings fine-tuned from them (``finetune``, at most ``finetune_epochs``), except
-    those listed in ``scratch``. ``zscore``: z-score every volume inside its region mask
+    those listed in ``scratch`` (at most ``scratch_epochs`` epochs with patience
+    ``scratch_patience``, where set; otherwise as the first setting's). ``zscore``:
+    z-score every volume inside its region mask
     (:meth:`~wsdet.data.phantoms.PhantomSet.zscored`) for every method, the networks and
     the training-free references alike; ``mask_maps``: set every attention map to 0 outside
     the region mask before the NMS, as the LoG and chance maps are (z-scored volumes are 0,
@@ -129,6 +131,8 @@ class LesionStudyConfig:
     finetune: bool = True
     finetune_epochs: int = 8
     scratch: tuple[str, ...] = ()
+    scratch_epochs: int | None = None
+    scratch_patience: int | None = None
     augment: bool = False
     nms_size: int = 6
     radius: float = 6.0
@@ -239,18 +243,27 @@ class LesionStudyConfig:
         evaluated = in_plane if self.slice_mode(setting) else spacing
         return {"radius_mm": hit_radius_mm(spacing), "spacing": evaluated}
 
-    def train_config(self, *, finetune: bool = False, seed: int | None = None) -> TrainConfig:
+    def train_config(
+        self, *, finetune: bool = False, seed: int | None = None, scratch: bool = False
+    ) -> TrainConfig:
         """The training configuration of the networks (``finetune``: of the later
         settings' networks, fine-tuned from the first setting's; ``seed``: an
-        initialisation seed other than the study's)."""
+        initialisation seed other than the study's; ``scratch``: of a setting of
+        ``scratch``, with ``scratch_epochs`` and ``scratch_patience`` where they are set)."""
+        max_epochs = self.finetune_epochs if finetune else self.max_epochs
+        patience = self.patience
+        if scratch and self.scratch_epochs is not None:
+            max_epochs = self.scratch_epochs
+        if scratch and self.scratch_patience is not None:
+            patience = self.scratch_patience
         return TrainConfig(
             objective="regression",
             optimizer=self.optimizer,
             lr=self.lr,
             init=None if finetune else self.init,
             batch_size=self.batch_size,
-            max_epochs=self.finetune_epochs if finetune else self.max_epochs,
-            patience=self.patience,
+            max_epochs=max_epochs,
+            patience=patience,
             time_budget=None if self.time_budget_min is None else self.time_budget_min * 60.0,
             seed=self.seed if seed is None else seed,
             progress="log",
@@ -437,7 +450,11 @@ class LesionStudy:
                     job = TrainJob(
                         _network(setting, arch, seed),
                         spec,
-                        cfg.train_config(finetune=source is not None, seed=seed),
+                        cfg.train_config(
+                            finetune=source is not None,
+                            seed=seed,
+                            scratch=setting in cfg.scratch,
+                        ),
                         (train.images, train.counts),
                         (val.images, val.counts),
                         augment_batch if cfg.augment else None,
