@@ -89,6 +89,10 @@ def test_scratch_epochs_and_patience_apply_to_the_scratch_setting_only(tmp_path:
             assert config_key(job.config) != config_key(before.config)  # new networks
         else:  # the midbrain-like (first) and the fine-tuned hippocampi-like: as before
             assert job.config == before.config
+    with pytest.raises(ValueError, match="scratch_epochs must be >= 1"):
+        LesionStudyConfig.v2(scratch_epochs=0)
+    with pytest.raises(TypeError, match="scratch_patience must be an int"):
+        LesionStudyConfig.v2(scratch_patience=2.5)
 
 
 def test_zscore_standardises_every_volume_inside_its_region() -> None:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from wsdet._checks import PathLike, check_choice
+from wsdet._checks import PathLike, check_choice, check_int
 from wsdet.baselines import choose_sigma, log_maps, set_detections
 from wsdet.data.augment import augment as augment_batch
 from wsdet.data.phantoms.v2 import SETTINGS_V2, hit_radius_mm, make_phantoms_v2, nms_size
@@ -207,6 +207,10 @@ class LesionStudyConfig:
             for setting in settings:
                 if setting not in known:
                     raise ValueError(f"{name}: unknown setting {setting!r}; known: {list(known)}")
+        for name in ("scratch_epochs", "scratch_patience"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, check_int(name, value, minimum=1))
 
     def shape_of(self, setting: str) -> tuple[int, int, int]:
         """The volume shape of ``setting``: the v2 setting's, or ``setting_shapes`` or
