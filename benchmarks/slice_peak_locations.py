@@ -5,7 +5,8 @@ For each cached detection file of the basal-ganglia-like setting of a v2 study, 
 that lie on a lesion's half-maximum footprint, the fraction on a look-alike's (both dilated
 by ``--dilate`` voxels in-plane) and their median distance (mm) to the region border.
 Regenerates the test volumes with their full truth (``render_phantoms_v2``, the study's
-test seed), so the study's data seed must be the v2 default.
+test seed, ``wsdet.experiments.lesions.data_seeds``), so the study's data seed must
+be the v2 default.
 
     python benchmarks/slice_peak_locations.py --out runs/lesions3d_v2_long --match seed100
 """
@@ -20,7 +21,7 @@ from scipy import ndimage
 
 from wsdet.data.phantoms.v2 import SETTINGS_V2, render_phantoms_v2
 from wsdet.experiments.detections import load_detections
-from wsdet.experiments.lesions import LesionStudyConfig
+from wsdet.experiments.lesions import LesionStudyConfig, data_seeds
 
 SETTING = "basal_ganglia"
 
@@ -33,9 +34,7 @@ def main() -> None:
     p.add_argument("--dilate", type=int, default=2)
     args = p.parse_args()
     cfg = LesionStudyConfig.v2()
-    assert cfg.data_seed is not None
-    seed = 7919 * (1 + list(SETTINGS_V2).index(SETTING)) + cfg.data_seed + 2  # the test set
-    volumes = render_phantoms_v2(cfg.n_test, SETTING, seed=seed)
+    volumes = render_phantoms_v2(cfg.n_test, SETTING, seed=data_seeds(cfg, SETTING)[2])
     spacing = SETTINGS_V2[SETTING].spacing[1]
     files = sorted(Path(args.out, "detections").glob(f"{SETTING}-*.npz"))
     for path in (f for f in files if args.match in f.name):

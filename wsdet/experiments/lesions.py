@@ -210,7 +210,7 @@ class LesionStudyConfig:
         for name in ("scratch_epochs", "scratch_patience"):
             value = getattr(self, name)
             if value is not None:
-                object.__setattr__(self, name, check_int(name, value, minimum=1))
+                setattr(self, name, check_int(name, value, minimum=1))
 
     def shape_of(self, setting: str) -> tuple[int, int, int]:
         """The volume shape of ``setting``: the v2 setting's, or ``setting_shapes`` or
@@ -275,12 +275,18 @@ class LesionStudyConfig:
         )
 
 
-def _data(cfg: LesionStudyConfig, setting: str) -> tuple[PhantomSet, PhantomSet, PhantomSet]:
-    """Training, validation and test volumes of ``setting`` (three seeds derived from the
-    data seed, which is the study's seed unless ``data_seed`` is given)."""
+def data_seeds(cfg: LesionStudyConfig, setting: str) -> tuple[int, int, int]:
+    """The seeds of ``setting``'s training, validation and test volumes, derived from the
+    data seed (the study's seed unless ``data_seed`` is given)."""
     data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
     names = list(SETTINGS_V2 if cfg.phantoms == "v2" else SETTINGS)
     base = 7919 * (1 + names.index(setting)) + data_seed
+    return base, base + 1, base + 2
+
+
+def _data(cfg: LesionStudyConfig, setting: str) -> tuple[PhantomSet, PhantomSet, PhantomSet]:
+    """Training, validation and test volumes of ``setting`` (seeds: :func:`data_seeds`)."""
+    train_seed, val_seed, test_seed = data_seeds(cfg, setting)
     kw = dict(SETTINGS[setting]) if cfg.phantoms == "v1" else {}
     # single-slice annotation: more lesions per volume, so that slices hold some
     kw["mean_count"] = cfg.mean_count * kw.pop("count_factor", 1.0)
@@ -292,7 +298,7 @@ def _data(cfg: LesionStudyConfig, setting: str) -> tuple[PhantomSet, PhantomSet,
             ds = make_lesion_volumes(n, cfg.shape_of(setting), seed=seed, **kw)
         return ds.zscored() if cfg.zscore else ds
 
-    return make(cfg.n_train, base), make(cfg.n_val, base + 1), make(cfg.n_test, base + 2)
+    return make(cfg.n_train, train_seed), make(cfg.n_val, val_seed), make(cfg.n_test, test_seed)
 
 
 def _network(setting: str, arch: str, seed: int | None) -> str:
