@@ -264,3 +264,29 @@ def test_cli_passes_scratch_epochs_and_patience(tmp_path: Path, monkeypatch: Any
     assert (seen[0].scratch_epochs, seen[0].scratch_patience) == (20, 10)
     assert (seen[1].scratch_epochs, seen[1].scratch_patience) == (None, None)
     assert seen[0].max_epochs == seen[1].max_epochs == 10  # the others' cap is unchanged
+    longer = ["--max-epochs", "20", "--patience", "10", "--finetune-epochs", "15"]
+    assert main([*argv, *longer]) == 0
+    assert (seen[2].max_epochs, seen[2].patience, seen[2].finetune_epochs) == (20, 10, 15)
+    assert (seen[1].max_epochs, seen[1].patience, seen[1].finetune_epochs) == (10, 5, 6)
+
+
+def test_uniform_epochs_give_every_network_the_cap_and_reuse_the_scratch_ones(
+    tmp_path: Path,
+) -> None:
+    from wsdet.experiments.common import Store
+
+    small = {"n_train": 2, "n_val": 1, "n_test": 1, "init_seeds": ()}
+
+    def jobs(**kw: Any) -> dict[str, Any]:
+        plan = LesionStudy(LesionStudyConfig.v2(**small, **kw)).plan(Store(tmp_path))
+        return {j.name: j for j in plan.jobs}
+
+    scratch_only = jobs(scratch_epochs=20, scratch_patience=10)
+    uniform = jobs(max_epochs=20, patience=10, finetune_epochs=20)
+    for name, job in uniform.items():
+        assert (job.config.max_epochs, job.config.patience) == (20, 10), name
+        if name.startswith("basal_ganglia"):  # the same networks as with the scratch flags
+            assert job.config == scratch_only[name].config
+    for field_name, bad in (("max_epochs", 0), ("finetune_epochs", -1), ("patience", 0)):
+        with pytest.raises(ValueError, match=f"{field_name} must be >= 1"):
+            LesionStudyConfig.v2(**{field_name: bad})

@@ -63,6 +63,24 @@ def main(argv: list[str] | None = None) -> int:
     les.add_argument("--budget-min", type=float, default=None, help="training minutes/network")
     les.add_argument("--threads", type=int, default=None)
     les.add_argument(
+        "--max-epochs",
+        type=int,
+        default=None,
+        help="epoch cap of the networks trained from scratch (default: the study's)",
+    )
+    les.add_argument(
+        "--patience",
+        type=int,
+        default=None,
+        help="patience of every network (default: the study's)",
+    )
+    les.add_argument(
+        "--finetune-epochs",
+        type=int,
+        default=None,
+        help="epoch cap of the fine-tuned networks (default: the study's)",
+    )
+    les.add_argument(
         "--scratch-epochs",
         type=int,
         default=None,
@@ -115,10 +133,15 @@ def main(argv: list[str] | None = None) -> int:
             over3["settings"] = tuple(args.settings)
         if args.budget_min is not None:
             over3["time_budget_min"] = args.budget_min
-        if args.scratch_epochs is not None:
-            over3["scratch_epochs"] = args.scratch_epochs
-        if args.scratch_patience is not None:
-            over3["scratch_patience"] = args.scratch_patience
+        for flag in (
+            "max_epochs",
+            "patience",
+            "finetune_epochs",
+            "scratch_epochs",
+            "scratch_patience",
+        ):
+            if getattr(args, flag) is not None:
+                over3[flag] = getattr(args, flag)
         if args.v2:
             cfg3 = LesionStudyConfig.v2(smoke=args.smoke, **over3)
         elif args.smoke:

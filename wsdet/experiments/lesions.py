@@ -207,7 +207,13 @@ class LesionStudyConfig:
             for setting in settings:
                 if setting not in known:
                     raise ValueError(f"{name}: unknown setting {setting!r}; known: {list(known)}")
-        for name in ("scratch_epochs", "scratch_patience"):
+        for name in (
+            "max_epochs",
+            "finetune_epochs",
+            "patience",
+            "scratch_epochs",
+            "scratch_patience",
+        ):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, check_int(name, value, minimum=1))
