@@ -43,6 +43,7 @@ def test_v2_geometry_matching_and_nms() -> None:
     assert cfg.match_of("basal_ganglia") == {"radius_mm": 3.0, "spacing": (0.5, 0.5)}
     assert cfg.init_seeds == (100, 200) and cfg.log_baseline and cfg.zscore
     assert cfg.finetune and cfg.scratch == ("basal_ganglia",)
+    assert (cfg.max_epochs, cfg.patience, cfg.finetune_epochs) == (20, 10, 20)
     with pytest.raises(ValueError, match="unknown setting"):
         LesionStudyConfig.v2(settings=("thalamus",))
     with pytest.raises(ValueError, match="phantoms"):
@@ -74,7 +75,9 @@ def test_v2_fine_tunes_the_hippocampi_networks_and_not_the_basal_ganglia(tmp_pat
 def test_scratch_epochs_and_patience_apply_to_the_scratch_setting_only(tmp_path: Path) -> None:
     from wsdet.experiments.common import Store, config_key
 
+    # the first v2 runs' caps, which the basal-ganglia-like networks outgrew
     small = {"n_train": 2, "n_val": 1, "n_test": 1, "init_seeds": ()}
+    small |= {"max_epochs": 10, "patience": 5, "finetune_epochs": 6}
     plain = {
         j.name: j for j in LesionStudy(LesionStudyConfig.v2(**small)).plan(Store(tmp_path)).jobs
     }
@@ -98,16 +101,31 @@ def test_scratch_epochs_and_patience_apply_to_the_scratch_setting_only(tmp_path:
 def test_zscore_standardises_every_volume_inside_its_region() -> None:
     small = {"n_train": 2, "n_val": 1, "n_test": 2, "settings": ("midbrain",)}
     raw = _data(LesionStudyConfig.v2(zscore=False, **small), "midbrain")
-    z = _data(LesionStudyConfig.v2(**small), "midbrain")
+    z = _data(LesionStudyConfig.v2(zscore_stats="volume", **small), "midbrain")
     for a, b in zip(raw, z, strict=True):
         assert torch.equal(b.images, a.zscored().images)
         inside = b.images[:, 0][b.mask]
         assert abs(float(inside.mean())) < 0.05 and abs(float(inside.std()) - 1.0) < 0.05
-    key = LesionStudy(LesionStudyConfig.v2(**small))._data_key("midbrain")
-    assert key["zscore"] is True
+    key = LesionStudy(LesionStudyConfig.v2(zscore_stats="volume", **small))._data_key("midbrain")
+    assert key["zscore"] is True and "zscore_stats" not in key  # the first v2 runs' keys
     assert "zscore" not in LesionStudy(LesionStudyConfig.v2(zscore=False, **small))._data_key(
         "midbrain"
     )
+
+
+def test_v2_zscores_every_split_with_the_training_volumes_statistics() -> None:
+    small = {"n_train": 3, "n_val": 2, "n_test": 2, "settings": ("midbrain",)}
+    cfg = LesionStudyConfig.v2(**small)
+    assert cfg.zscore and cfg.zscore_stats == "train"
+    raw = _data(LesionStudyConfig.v2(zscore=False, **small), "midbrain")
+    z = _data(cfg, "midbrain")
+    stats = raw[0].region_stats()  # the training volumes', for validation and test too
+    for a, b in zip(raw, z, strict=True):
+        assert torch.equal(b.images, a.zscored(stats).images)
+    key = LesionStudy(cfg)._data_key("midbrain")
+    assert key["zscore"] is True and key["zscore_stats"] == "train"
+    with pytest.raises(ValueError, match="zscore_stats"):
+        LesionStudyConfig.v2(zscore_stats="test")  # type: ignore[arg-type]
 
 
 def test_data_seed_is_separate_from_the_initialisation_seed() -> None:
@@ -259,15 +277,17 @@ def test_cli_passes_scratch_epochs_and_patience(tmp_path: Path, monkeypatch: Any
 
     monkeypatch.setattr(les, "run_lesions", fake_run)
     argv = ["lesions3d", "--out", str(tmp_path), "--v2", "--train-only", "all"]
-    assert main([*argv, "--scratch-epochs", "20", "--scratch-patience", "10"]) == 0
+    assert main([*argv, "--scratch-epochs", "30", "--scratch-patience", "12"]) == 0
     assert main(argv) == 0
-    assert (seen[0].scratch_epochs, seen[0].scratch_patience) == (20, 10)
+    assert (seen[0].scratch_epochs, seen[0].scratch_patience) == (30, 12)
     assert (seen[1].scratch_epochs, seen[1].scratch_patience) == (None, None)
-    assert seen[0].max_epochs == seen[1].max_epochs == 10  # the others' cap is unchanged
-    longer = ["--max-epochs", "20", "--patience", "10", "--finetune-epochs", "15"]
-    assert main([*argv, *longer]) == 0
-    assert (seen[2].max_epochs, seen[2].patience, seen[2].finetune_epochs) == (20, 10, 15)
-    assert (seen[1].max_epochs, seen[1].patience, seen[1].finetune_epochs) == (10, 5, 6)
+    assert seen[0].max_epochs == seen[1].max_epochs == 20  # the others' cap is unchanged
+    first = ["--max-epochs", "10", "--patience", "5", "--finetune-epochs", "6"]
+    assert main([*argv, *first]) == 0
+    assert (seen[2].max_epochs, seen[2].patience, seen[2].finetune_epochs) == (10, 5, 6)
+    assert (seen[1].max_epochs, seen[1].patience, seen[1].finetune_epochs) == (20, 10, 20)
+    assert main([*argv, "--zscore-stats", "volume"]) == 0
+    assert seen[3].zscore_stats == "volume" and seen[1].zscore_stats == "train"
 
 
 def test_uniform_epochs_give_every_network_the_cap_and_reuse_the_scratch_ones(

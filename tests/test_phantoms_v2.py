@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from scipy import ndimage, stats
 
 from wsdet.data.phantoms import PhantomSet
@@ -220,3 +221,50 @@ def test_zscored_copy_standardises_inside_the_region() -> None:
     no_mask.mask = None
     with pytest.raises(ValueError, match="region masks"):
         no_mask.zscored()
+
+
+def test_zscored_with_shared_stats_is_one_affine_map_for_every_volume() -> None:
+    ds = make_phantoms_v2(3, "midbrain", seed=4)
+    pooled = np.concatenate(
+        [ds.images[i, 0].numpy().astype(np.float64)[ds.mask[i].numpy()] for i in range(len(ds))]
+    )
+    mean, sd = ds.region_stats()
+    assert mean == pytest.approx(pooled.mean(), rel=1e-9)
+    assert sd == pytest.approx(pooled.std(), rel=1e-9)
+    z = ds.zscored((mean, sd))
+    for i in range(len(ds)):
+        m = ds.mask[i].numpy()
+        raw = ds.images[i, 0].numpy().astype(np.float64)
+        np.testing.assert_allclose(z.images[i, 0].numpy()[m], (raw[m] - mean) / sd, atol=1e-5)
+        assert (z.images[i, 0].numpy()[~m] == 0).all()
+    inside = z.images[:, 0][ds.mask].double()
+    assert float(inside.mean()) == pytest.approx(0.0, abs=1e-5)
+    assert float(inside.std(unbiased=False)) == pytest.approx(1.0, abs=1e-5)
+    for bad in ((0.3, 0.0), (0.3, -1.0), (0.3, float("nan"))):
+        with pytest.raises(ValueError, match="sd > 0"):
+            ds.zscored(bad)
+    no_mask = copy.copy(ds)
+    no_mask.mask = None
+    with pytest.raises(ValueError, match="region masks"):
+        no_mask.region_stats()
+
+
+def test_per_volume_zscore_moves_the_tissue_with_the_lesions_shared_stats_do_not() -> None:
+    """Adding bright voxels to one corner of a volume changes, under per-volume statistics,
+    the z-scores of tissue far away from them (and so the height of the region's border);
+    under shared statistics the far tissue keeps its values."""
+    ds = make_phantoms_v2(1, "midbrain", seed=4)
+    brighter = copy.copy(ds)
+    images = ds.images.clone()
+    inside = np.argwhere(ds.mask[0].numpy())
+    corner = inside[: len(inside) // 50]  # 2 % of the region, in its first voxels
+    images[0, 0][tuple(corner.T)] += 0.2  # lesion-like contrast above the tissue
+    brighter.images = images
+    far = ds.mask[0].clone()
+    far[tuple(inside[: len(inside) // 10].T)] = False  # tissue well away from the change
+    own = ds.zscored().images[0, 0][far], brighter.zscored().images[0, 0][far]
+    shift = float((own[1] - own[0]).mean())
+    assert shift < -0.05  # the same tissue now lies lower
+    stats = ds.region_stats()
+    shared = ds.zscored(stats).images[0, 0][far], brighter.zscored(stats).images[0, 0][far]
+    assert torch.equal(shared[0], shared[1])

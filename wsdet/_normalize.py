@@ -23,8 +23,13 @@ def normalize_intensity(
     mask : array_like of bool, optional
         A region mask of the image's shape (e.g. a brain or structure mask): the
         statistics come from the voxels inside it, and the voxels outside are set to 0
-        (with ``"zscore"`` the region's mean, so the mask's border is no edge). Without
-        it, the whole image.
+        (with ``"zscore"`` the region's mean). Without it, the whole image. The
+        statistics include whatever the region holds: bright lesions raise its mean, so
+        the z-scored tissue lies lower the more lesions there are, and the border to the
+        0 outside becomes an edge whose height tracks the lesion load, which a counting
+        network can learn to read instead of the lesions (``docs/phantoms_v2.md``,
+        "Normalisation"). Where intensities are comparable between images, one
+        ``(mean, std)`` for the whole data set avoids that.
 
     Raises
     ------

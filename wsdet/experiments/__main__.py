@@ -93,6 +93,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="patience of those networks (default: as the others)",
     )
+    les.add_argument(
+        "--zscore-stats",
+        choices=["volume", "train"],
+        default=None,
+        help="z-score each volume with its own region statistics, or every volume with the "
+        "training volumes' (default: the study's; v2: train)",
+    )
     les.add_argument("--interim", action="store_true", help=INTERIM)
     les.add_argument("--train-only", nargs="+", default=None, metavar="NAME", help=TRAIN_ONLY)
     les.add_argument("--device", default=None, help=DEVICE)
@@ -139,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             "finetune_epochs",
             "scratch_epochs",
             "scratch_patience",
+            "zscore_stats",
         ):
             if getattr(args, flag) is not None:
                 over3[flag] = getattr(args, flag)

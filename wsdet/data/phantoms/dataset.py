@@ -115,20 +115,41 @@ class PhantomSet(Dataset[dict[str, Any]]):
             item["slice_points"] = self.slice_points[i]
         return item
 
-    def zscored(self) -> PhantomSet:
-        """A copy whose images are z-scored inside each volume's region mask and 0 outside.
-
-        The usual preprocessing of masked MRI crops
-        (:func:`wsdet.io.normalize_intensity` with ``mask``): the tissue's level and
-        contrast no longer differ between volumes, and the region's border is no edge.
-        Networks trained on the raw phantoms (tissue about 0.3, lesions 0.1–0.2 above it)
-        stay on the constant-output plateau far longer (``docs/phantoms_v2.md``). Every
-        other attribute is shared with this set.
+    def region_stats(self) -> tuple[float, float]:
+        """The mean and standard deviation of every voxel inside the region masks of all
+        volumes together (what :meth:`zscored` takes as ``stats`` for a whole data set).
 
         Raises
         ------
         ValueError
-            If the set has no region masks.
+            If the set has no region masks or they are all empty.
+        """
+        if self.mask is None:
+            raise ValueError("region_stats needs the region masks; this set has none (mask=None)")
+        values = self.images[:, 0][self.mask].double()
+        if values.numel() == 0:
+            raise ValueError("the region masks are empty: no voxel to take the statistics from")
+        return float(values.mean()), float(values.std(unbiased=False))
+
+    def zscored(self, stats: tuple[float, float] | None = None) -> PhantomSet:
+        """A copy whose images are z-scored inside the region masks and 0 outside.
+
+        ``stats=None``: each volume with its own region's mean and sd, the usual
+        preprocessing of masked MRI crops (:func:`wsdet.io.normalize_intensity` with
+        ``mask``). ``stats=(mean, sd)``: every volume with the same affine map, e.g. the
+        training set's :meth:`region_stats`. Per-volume statistics carry the volume's
+        content: bright lesions raise its region's mean, so the z-scored tissue lies lower
+        the more lesions a volume holds and the region's border (0 outside) becomes an edge
+        whose height tracks the lesion count, which a counting network can read without
+        localising a lesion (``docs/phantoms_v2.md``, "Normalisation"). Shared statistics
+        keep the tissue's level independent of the lesions. Networks trained on the raw
+        phantoms (tissue about 0.3, lesions 0.1–0.2 above it) stay on the constant-output
+        plateau far longer. Every other attribute is shared with this set.
+
+        Raises
+        ------
+        ValueError
+            If the set has no region masks, or ``stats`` has a standard deviation <= 0.
         """
         from wsdet.io import normalize_intensity
 
@@ -136,7 +157,15 @@ class PhantomSet(Dataset[dict[str, Any]]):
             raise ValueError("zscored needs the region masks; this set has none (mask=None)")
         masks = self.mask.numpy()
         arrays = self.images[:, 0].numpy()
-        z = np.stack([normalize_intensity(a, mask=m) for a, m in zip(arrays, masks, strict=True)])
+        if stats is None:
+            z = np.stack(
+                [normalize_intensity(a, mask=m) for a, m in zip(arrays, masks, strict=True)]
+            )
+        else:
+            mean, sd = (float(v) for v in stats)
+            if not sd > 0:
+                raise ValueError(f"stats must be (mean, sd) with sd > 0, got {stats!r}")
+            z = np.where(masks, (arrays - mean) / sd, 0.0).astype(np.float32)
         out = copy.copy(self)  # every other attribute shared
         out.images = torch.from_numpy(z[:, None])
         return out
