@@ -10,7 +10,9 @@ on test volumes (another data seed). Rows:
   ``SMOOTH_SIGMAS``, the other training-free detector;
 * ``chance``: i.i.d. uniform noise inside the region mask (a random map), the same NMS.
 
-v2 volumes are z-scored inside their region masks, as in the v2 study. Every map goes
+v2 volumes are z-scored inside their region masks, each with its own statistics, as in the
+first v2 study runs (the study now z-scores with the training volumes' pooled statistics,
+which changes how candidates of different volumes rank against each other). Every map goes
 through :func:`wsdet.detect_maps` (every NMS candidate, the learned
 methods' NMS) and :func:`wsdet.metrics.evaluate` (one-to-one matching within the hit
 radius in mm, with the voxel spacing). v2: NMS size and hit radius from
@@ -91,8 +93,8 @@ def measure(
 
 
 def v2_maker(setting: str) -> Callable[[int, int], PhantomSet]:
-    """The v2 phantoms of ``setting``, z-scored inside their region masks (as the v2
-    study feeds them to every method)."""
+    """The v2 phantoms of ``setting``, each z-scored inside its region mask with its own
+    statistics (as the first v2 study runs fed them to every method)."""
     return lambda n, seed: make_phantoms_v2(n, setting, seed=seed).zscored()
 
 

@@ -9,15 +9,16 @@ raise a volume's region mean, so under per-volume statistics the far tissue lies
 more lesions the volume holds, and with the region's outside set to 0 the border becomes
 an edge whose height tracks the count.
 
-Part 2 (``--out`` a v2 study folder): every cached network of ``--setting``: its count
-predictions on the test volumes, z-scored as it was trained (per volume or with the
-training volumes' statistics, read from its ``config.json``), and z-scored per volume with
-the statistics of the tissue alone (lesion footprints and look-alikes left out, which
-removes the count from the tissue level): mean squared error to the target count, its
-correlation with the target and with the volume's lesion count, and the mean prediction.
-A network that reads the tissue level loses accuracy when it is removed. For GP-Unets, the
-mean of the class activation map on lesion footprints, on the tissue and within 1 mm of
-the region border.
+Part 2 (``--out`` a v2 study folder): every cached network of ``--setting``, on the test
+volumes normalised as it was trained (per volume or with the training volumes' pooled
+statistics, read from its ``config.json``), and on the same volumes each shifted inside its
+region so that its far tissue lies at the mean level of all of them, which removes the
+count-linked part of the level and keeps everything else (scale, contrast, the average
+level): mean squared error to the target count, its correlation with the target and with
+the volume's lesion count, the mean prediction; and how far the mean prediction moves when
+every region is shifted by -0.1 z (under per-volume statistics, what about 15 more lesions
+do in the basal-ganglia-like setting). For GP-Unets, the mean of the class activation map
+(unfused) on lesion footprints, on the far tissue and within 1 mm of the region border.
 
     python benchmarks/zscore_leak.py                                   # part 1, ~1 min
     python benchmarks/zscore_leak.py --out runs/lesions3d_v2_long --setting basal_ganglia
@@ -40,6 +41,7 @@ from wsdet.experiments.lesions import LesionStudyConfig, data_seeds
 from wsdet.train.checkpoints import weights_in_counts
 
 FAR_MM = 3.0
+SHIFT = 0.1  # z, the tissue shift of the level-sensitivity probe
 
 
 def targets(volumes: list[PhantomVolumeV2], setting: str) -> tuple[np.ndarray, np.ndarray]:
@@ -99,49 +101,76 @@ def part1(cfg: LesionStudyConfig, n: int) -> None:
         print(f"  {setting}: " + "; ".join(row))
 
 
+def predict(model: torch.nn.Module, arrays: list[np.ndarray], batch: int) -> np.ndarray:
+    out = []
+    with torch.no_grad():
+        for k in range(0, len(arrays), batch):
+            x = torch.from_numpy(np.stack(arrays[k : k + batch])[:, None])
+            out.append(model(x).double().numpy().ravel())
+    return np.concatenate(out)
+
+
 def part2(cfg: LesionStudyConfig, out: Path, setting: str, n: int) -> None:
     train_seed, _, test_seed = data_seeds(cfg, setting)
     volumes = render_phantoms_v2(n, setting, test_seed)
     target, total = targets(volumes, setting)
     shared = pooled_stats(render_phantoms_v2(cfg.n_train, setting, train_seed))
     spacing = SETTINGS_V2[setting].spacing
+    far = [far_tissue(v, spacing) for v in volumes]
     print(f"\n{setting}: {n} test volumes, target variance {target.var():.2f}")
+    print("as trained: the volumes normalised as the network was trained; level-equalised:")
+    print("the same, each shifted inside its region so that its far tissue has the mean level")
+    print(f"of all {n} (only the count-linked part of the level removed); level -{SHIFT:g}:")
+    print(f"every region shifted by -{SHIFT:g} z, the change of the mean prediction")
     for folder in sorted(out.glob(f"models/{setting}-*")):
         if not (folder / "done.json").exists():
             continue
         spec = json.loads((folder / "config.json").read_text())["spec"]
-        if spec.get("data_seed") != cfg.data_seed:
-            seed = spec.get("data_seed")
-            raise ValueError(f"{folder.name}: data seed {seed}, not the v2 default {cfg.data_seed}")
+        expected = {"data_seed": cfg.data_seed, "n_train": cfg.n_train, "zscore": True}
+        if any(spec.get(k) != v for k, v in expected.items()):
+            got = {k: spec.get(k) for k in expected}
+            raise ValueError(f"{folder.name}: trained with {got}, this script assumes {expected}")
         done = json.loads((folder / "done.json").read_text())
         model = build_model(spec["arch"], spec["dim"], spec.get("width"))
         model.load_state_dict(weights_in_counts(folder / "best.pt", model))
         model.eval()
-        trained = "train" if spec.get("zscore_stats") == "train" else "volume"
-        stats = shared if trained == "train" else None
-        print(f"  {folder.name} (z-scored per {trained}, best val {done['best_val_loss']:.2f})")
-        inputs = {
-            "as trained": [zscore(v, v.inside, stats) for v in volumes],
-            "tissue-only stats": [zscore(v, tissue(v), None) for v in volumes],
-        }
-        for name, arrays in inputs.items():
-            x = torch.from_numpy(np.stack(arrays)[:, None])
-            with torch.no_grad():
-                c = model(x).double().numpy().ravel()
+        per_volume = spec.get("zscore_stats", "volume") == "volume"
+        stats = None if per_volume else shared
+        how = "each volume's own statistics" if per_volume else "the training volumes' statistics"
+        print(f"  {folder.name} (z-scored with {how}; best val {done['best_val_loss']:.2f})")
+        trained = [zscore(v, v.inside, stats) for v in volumes]
+        levels = np.array([z[f].mean() for z, f in zip(trained, far, strict=True)])
+        equalised = [
+            np.where(v.inside, z - (lev - levels.mean()), 0.0).astype(np.float32)
+            for z, v, lev in zip(trained, volumes, levels, strict=True)
+        ]
+        lowered = [
+            np.where(v.inside, z - SHIFT, 0.0).astype(np.float32)
+            for z, v in zip(trained, volumes, strict=True)
+        ]
+        base = predict(model, trained, cfg.eval_batch)
+        for name, c in (
+            ("as trained", base),
+            ("level-equalised", predict(model, equalised, cfg.eval_batch)),
+        ):
             print(
-                f"    {name:18s} MSE {np.mean((c - target) ** 2):5.2f}, corr target "
+                f"    {name:16s} MSE {np.mean((c - target) ** 2):5.2f}, corr target "
                 f"{np.corrcoef(c, target)[0, 1]:+.2f}, corr volume count "
                 f"{np.corrcoef(c, total)[0, 1]:+.2f}, mean prediction {c.mean():.2f}"
             )
+        delta = predict(model, lowered, cfg.eval_batch).mean() - base.mean()
+        print(f"    level -{SHIFT:g}: mean prediction {delta:+.2f}")
         if spec["arch"].startswith("gpunet"):
-            x = torch.from_numpy(np.stack(inputs["as trained"])[:, None])
-            cams = Detector(model, method="gp_unet").attention(x).double().numpy()
-            parts: dict[str, list[float]] = {"lesions": [], "tissue": [], "border 1 mm": []}
-            for cam, v in zip(cams, volumes, strict=True):
-                depth = ndimage.distance_transform_edt(v.inside, sampling=spacing)
-                parts["lesions"].append(float(cam[v.footprint].mean()))
-                parts["tissue"].append(float(cam[far_tissue(v, spacing)].mean()))
-                parts["border 1 mm"].append(float(cam[v.inside & (depth <= 1.0)].mean()))
+            parts: dict[str, list[float]] = {"lesions": [], "far tissue": [], "border 1 mm": []}
+            for k in range(0, n, cfg.eval_batch):
+                x = torch.from_numpy(np.stack(trained[k : k + cfg.eval_batch])[:, None])
+                cams = Detector(model, method="gp_unet").attention(x).double().numpy()
+                for cam, v, f in zip(cams, volumes[k:], far[k:], strict=False):
+                    depth = ndimage.distance_transform_edt(v.inside, sampling=spacing)
+                    if v.footprint.any():
+                        parts["lesions"].append(float(cam[v.footprint].mean()))
+                    parts["far tissue"].append(float(cam[f].mean()))
+                    parts["border 1 mm"].append(float(cam[v.inside & (depth <= 1.0)].mean()))
             print("    CAM mean: " + ", ".join(f"{k} {np.mean(x):+.2f}" for k, x in parts.items()))
 
 

@@ -126,6 +126,9 @@ def test_v2_zscores_every_split_with_the_training_volumes_statistics() -> None:
     assert key["zscore"] is True and key["zscore_stats"] == "train"
     with pytest.raises(ValueError, match="zscore_stats"):
         LesionStudyConfig.v2(zscore_stats="test")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="zscore_stats='train' needs zscore=True"):
+        LesionStudyConfig(zscore_stats="train")  # v1: no z-scoring
+    assert LesionStudyConfig.v2(zscore=False).zscore_stats == "volume"  # nothing to choose
 
 
 def test_data_seed_is_separate_from_the_initialisation_seed() -> None:
@@ -290,23 +293,54 @@ def test_cli_passes_scratch_epochs_and_patience(tmp_path: Path, monkeypatch: Any
     assert seen[3].zscore_stats == "volume" and seen[1].zscore_stats == "train"
 
 
+FIRST_V2 = {"zscore_stats": "volume", "max_epochs": 10, "patience": 5, "finetune_epochs": 6}
+
+
 def test_uniform_epochs_give_every_network_the_cap_and_reuse_the_scratch_ones(
     tmp_path: Path,
 ) -> None:
-    from wsdet.experiments.common import Store
+    from wsdet.experiments.common import Store, model_folder
 
     small = {"n_train": 2, "n_val": 1, "n_test": 1, "init_seeds": ()}
+    store = Store(tmp_path)
 
-    def jobs(**kw: Any) -> dict[str, Any]:
-        plan = LesionStudy(LesionStudyConfig.v2(**small, **kw)).plan(Store(tmp_path))
-        return {j.name: j for j in plan.jobs}
+    def folders(**kw: Any) -> dict[str, tuple[Any, str]]:
+        plan = LesionStudy(LesionStudyConfig.v2(**small, **kw)).plan(store)
+        return {
+            j.name: (j.config, model_folder(store, j.name, j.spec, j.config, j.init_from).name)
+            for j in plan.jobs
+        }
 
-    scratch_only = jobs(scratch_epochs=20, scratch_patience=10)
-    uniform = jobs(max_epochs=20, patience=10, finetune_epochs=20)
-    for name, job in uniform.items():
-        assert (job.config.max_epochs, job.config.patience) == (20, 10), name
-        if name.startswith("basal_ganglia"):  # the same networks as with the scratch flags
-            assert job.config == scratch_only[name].config
+    # the first v2 protocol with the scratch flags (how the 20-epoch basal run was made)
+    scratch_only = folders(**FIRST_V2, scratch_epochs=20, scratch_patience=10)
+    uniform = folders(zscore_stats="volume", max_epochs=20, patience=10, finetune_epochs=20)
+    for name, (config, folder) in uniform.items():
+        assert (config.max_epochs, config.patience) == (20, 10), name
+        if name.startswith("basal_ganglia"):  # the same cache folders
+            assert folder == scratch_only[name][1]
+        else:  # the first protocol's midbrain- and hippocampi-like networks are others
+            assert folder != scratch_only[name][1]
+    today = folders()  # the v2 defaults: these caps, but shared z-score statistics
+    assert {n: c for n, (c, _) in today.items()} == {n: c for n, (c, _) in uniform.items()}
+    assert not {f for _, f in today.values()} & {f for _, f in uniform.values()}
     for field_name, bad in (("max_epochs", 0), ("finetune_epochs", -1), ("patience", 0)):
         with pytest.raises(ValueError, match=f"{field_name} must be >= 1"):
             LesionStudyConfig.v2(**{field_name: bad})
+
+
+def test_first_v2_cache_keys_are_pinned(tmp_path: Path) -> None:
+    """The folders of the first v2 runs (docs/results.md) stay reachable with the flags
+    the docs give: the keys below are those the runs wrote."""
+    from wsdet.experiments.common import Store, model_folder
+
+    store = Store(tmp_path)
+    want = {
+        (): "basal_ganglia-basecnn-d3440e53e242",  # runs/lesions3d_v2
+        (("scratch_epochs", 20), ("scratch_patience", 10)): "basal_ganglia-basecnn-cb6f7d206d5a",
+    }
+    for extra, folder in want.items():
+        cfg = LesionStudyConfig.v2(**FIRST_V2, **dict(extra))  # full sizes: no data drawn
+        data_key = LesionStudy(cfg)._data_key("basal_ganglia")
+        spec = {"arch": "basecnn", "dim": 3, "width": cfg.width, **data_key}
+        config = cfg.train_config(scratch=True)
+        assert model_folder(store, "basal_ganglia-basecnn", spec, config).name == folder

@@ -29,7 +29,8 @@ def normalize_intensity(
         0 outside becomes an edge whose height tracks the lesion load, which a counting
         network can learn to read instead of the lesions (``docs/phantoms_v2.md``,
         "Normalisation"). Where intensities are comparable between images, one
-        ``(mean, std)`` for the whole data set avoids that.
+        ``(mean, std)`` for the whole data set avoids that
+        (:meth:`wsdet.data.phantoms.PhantomSet.zscored` with ``stats``).
 
     Raises
     ------

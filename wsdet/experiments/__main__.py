@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         "--patience",
         type=int,
         default=None,
-        help="patience of every network (default: the study's)",
+        help="patience of every network (the scratch setting's: --scratch-patience where "
+        "given; default: the study's)",
     )
     les.add_argument(
         "--finetune-epochs",

@@ -105,8 +105,9 @@ class LesionStudyConfig:
     (:meth:`~wsdet.data.phantoms.PhantomSet.zscored`) for every method, the networks and
     the training-free references alike, with each volume's own region statistics
     (``zscore_stats="volume"``) or with those of the setting's training volumes pooled
-    (``"train"``: the same affine map for every volume, so that the tissue's level does
-    not move with the lesion count); ``mask_maps``: set every attention map to 0 outside
+    (``"train"``: the same affine map for every volume, which adds no count-dependent shift
+    of the tissue's level, see :meth:`~wsdet.data.phantoms.PhantomSet.zscored`);
+    ``mask_maps``: set every attention map to 0 outside
     the region mask before the NMS, as the LoG and chance maps are (z-scored volumes are 0,
     the tissue mean, outside the region, so an unmasked map can peak there).
     :meth:`v2` gives the benchmark v2 protocol.
@@ -202,11 +203,15 @@ class LesionStudyConfig:
         if smoke:  # the v1 smoke sizes (its shapes are unused: each v2 setting has one)
             base.update(_SMOKE, init_seeds=(100,), max_restarts=0, log_sigmas_mm=(0.75, 1.25))
         base.update(overrides)
+        if not base["zscore"] and "zscore_stats" not in overrides:  # no statistics to choose
+            base["zscore_stats"] = "volume"
         return cls(**base)
 
     def __post_init__(self) -> None:
         check_choice("phantoms", self.phantoms, ("v1", "v2"))
         check_choice("zscore_stats", self.zscore_stats, ("volume", "train"))
+        if self.zscore_stats != "volume" and not self.zscore:
+            raise ValueError(f"zscore_stats={self.zscore_stats!r} needs zscore=True")
         known = SETTINGS_V2 if self.phantoms == "v2" else SETTINGS
         for name, settings in (("settings", self.settings), ("scratch", self.scratch)):
             if isinstance(settings, str):

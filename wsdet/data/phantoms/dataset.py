@@ -142,7 +142,8 @@ class PhantomSet(Dataset[dict[str, Any]]):
         the more lesions a volume holds and the region's border (0 outside) becomes an edge
         whose height tracks the lesion count, which a counting network can read without
         localising a lesion (``docs/phantoms_v2.md``, "Normalisation"). Shared statistics
-        keep the tissue's level independent of the lesions. Networks trained on the raw
+        add no such shift: the tissue's level then moves with the count only as much as the
+        lesions' own faint tails raise it in the raw image. Networks trained on the raw
         phantoms (tissue about 0.3, lesions 0.1–0.2 above it) stay on the constant-output
         plateau far longer. Every other attribute is shared with this set.
 
