@@ -37,7 +37,7 @@ from scipy import ndimage
 from wsdet.data.phantoms.v2 import SETTINGS_V2, PhantomVolumeV2, render_phantoms_v2
 from wsdet.detector import Detector
 from wsdet.experiments.common import build_model
-from wsdet.experiments.lesions import LesionStudyConfig, data_seeds
+from wsdet.experiments.lesions import LesionStudy, LesionStudyConfig, data_seeds
 from wsdet.train.checkpoints import weights_in_counts
 
 FAR_MM = 3.0
@@ -126,10 +126,16 @@ def part2(cfg: LesionStudyConfig, out: Path, setting: str, n: int) -> None:
         if not (folder / "done.json").exists():
             continue
         spec = json.loads((folder / "config.json").read_text())["spec"]
-        expected = {"data_seed": cfg.data_seed, "n_train": cfg.n_train, "zscore": True}
-        if any(spec.get(k) != v for k, v in expected.items()):
-            got = {k: spec.get(k) for k in expected}
-            raise ValueError(f"{folder.name}: trained with {got}, this script assumes {expected}")
+        # the volumes it was trained on must be today's (setting, sizes, seeds, z-scoring)
+        expected = json.loads(json.dumps(LesionStudy(cfg)._data_key(setting)))  # lists
+        expected.pop("zscore_stats", None)
+        differ = sorted(
+            k
+            for k in set(expected) | set(spec) - {"zscore_stats", "arch", "dim", "width"}
+            if spec.get(k) != expected.get(k)
+        )
+        if differ:
+            raise ValueError(f"{folder.name}: trained on other volumes ({differ} differ)")
         done = json.loads((folder / "done.json").read_text())
         model = build_model(spec["arch"], spec["dim"], spec.get("width"))
         model.load_state_dict(weights_in_counts(folder / "best.pt", model))

@@ -328,19 +328,25 @@ def test_uniform_epochs_give_every_network_the_cap_and_reuse_the_scratch_ones(
             LesionStudyConfig.v2(**{field_name: bad})
 
 
-def test_first_v2_cache_keys_are_pinned(tmp_path: Path) -> None:
+def test_first_v2_cache_keys_are_pinned(tmp_path: Path, monkeypatch: Any) -> None:
     """The folders of the first v2 runs (docs/results.md) stay reachable with the flags
-    the docs give: the keys below are those the runs wrote."""
+    the docs give: the keys below are those the runs wrote. The plan is made at full
+    size (the sizes are part of the keys) with a few small volumes standing in."""
+    import wsdet.experiments.lesions as les
+    from wsdet.data.phantoms.v2 import make_phantoms_v2
     from wsdet.experiments.common import Store, model_folder
 
+    def few(cfg: LesionStudyConfig, setting: str) -> tuple[Any, Any, Any]:
+        return tuple(make_phantoms_v2(1, setting, seed=k) for k in range(3))
+
+    monkeypatch.setattr(les, "_data", few)
     store = Store(tmp_path)
     want = {
         (): "basal_ganglia-basecnn-d3440e53e242",  # runs/lesions3d_v2
         (("scratch_epochs", 20), ("scratch_patience", 10)): "basal_ganglia-basecnn-cb6f7d206d5a",
     }
     for extra, folder in want.items():
-        cfg = LesionStudyConfig.v2(**FIRST_V2, **dict(extra))  # full sizes: no data drawn
-        data_key = LesionStudy(cfg)._data_key("basal_ganglia")
-        spec = {"arch": "basecnn", "dim": 3, "width": cfg.width, **data_key}
-        config = cfg.train_config(scratch=True)
-        assert model_folder(store, "basal_ganglia-basecnn", spec, config).name == folder
+        cfg = LesionStudyConfig.v2(**FIRST_V2, **dict(extra), settings=("basal_ganglia",))
+        plan = LesionStudy(cfg).plan(store)
+        job = next(j for j in plan.jobs if j.name == "basal_ganglia-basecnn")
+        assert model_folder(store, job.name, job.spec, job.config, job.init_from).name == folder

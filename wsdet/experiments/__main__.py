@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         "--max-epochs",
         type=int,
         default=None,
-        help="epoch cap of the networks trained from scratch (default: the study's)",
+        help="epoch cap of the networks trained from scratch (the scratch setting's: "
+        "--scratch-epochs where given; default: the study's)",
     )
     les.add_argument(
         "--patience",
