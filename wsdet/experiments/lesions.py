@@ -104,12 +104,10 @@ class LesionStudyConfig:
     z-score every volume inside its region mask
     (:meth:`~wsdet.data.phantoms.PhantomSet.zscored`) for every method, the networks and
     the training-free references alike, with each volume's own region statistics
-    (``zscore_stats="volume"``) or with those of the setting's training volumes pooled
-    (``"train"``: the same affine map for every volume, which adds no count-dependent shift
-    of the tissue's level, see :meth:`~wsdet.data.phantoms.PhantomSet.zscored`);
-    ``mask_maps``: set every attention map to 0 outside
-    the region mask before the NMS, as the LoG and chance maps are (z-scored volumes are 0,
-    the tissue mean, outside the region, so an unmasked map can peak there).
+    (``zscore_stats="volume"``) or the training volumes' pooled ones (``"train"``: no
+    count-dependent shift of the tissue's level, see ``PhantomSet.zscored``);
+    ``mask_maps``: every attention map 0 outside the region mask before the NMS, as the
+    LoG and chance maps (z-scored volumes are 0 outside, so a map could peak there).
     :meth:`v2` gives the benchmark v2 protocol.
     """
 
@@ -174,13 +172,10 @@ class LesionStudyConfig:
         ``init_seeds``), FAUC at 0–1, 0–2 and 0–15 FP per volume, networks no better than a
         constant restarted (once; not the fine-tuned ones) and marked failed, and the
         training-free LoG baseline (σ chosen on validation volumes). 96 training and 32
-        validation volumes, at most 20 epochs with patience 10 per network (trained from
-        scratch or fine-tuned): about 4 hours of two single-thread processes on a 2-core
-        CPU for the 36 networks (``docs/phantoms_v2.md``, "Training cost"). The first v2
-        runs used ``zscore_stats="volume"``, ``max_epochs=10``, ``patience=5``,
-        ``finetune_epochs=6``.
-        ``smoke``: tiny data, one epoch, one extra seed.
-        """
+        validation volumes, at most 20 epochs with patience 10 per network: about 4 hours
+        of two single-thread processes on 2 cores (``docs/phantoms_v2.md``). The first
+        runs: per-volume statistics, 10 epochs, patience 5, 6 fine-tuning. ``smoke``: tiny
+        data, one epoch, one extra seed."""
         base: dict[str, Any] = dict(
             phantoms="v2",
             setting_shapes={},
@@ -320,8 +315,7 @@ def _data(cfg: LesionStudyConfig, setting: str) -> tuple[PhantomSet, PhantomSet,
     if not cfg.zscore:
         return sets
     stats = sets[0].region_stats() if cfg.zscore_stats == "train" else None
-    train, val, test = (ds.zscored(stats) for ds in sets)
-    return train, val, test
+    return sets[0].zscored(stats), sets[1].zscored(stats), sets[2].zscored(stats)
 
 
 def _network(setting: str, arch: str, seed: int | None) -> str:
