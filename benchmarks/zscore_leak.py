@@ -122,13 +122,13 @@ def part2(cfg: LesionStudyConfig, out: Path, setting: str, n: int) -> None:
     print("the same, each shifted inside its region so that its far tissue has the mean level")
     print(f"of all {n} (only the count-linked part of the level removed); level -{SHIFT:g}:")
     print(f"every region shifted by -{SHIFT:g} z, the change of the mean prediction")
+    # every network must have been trained on today's volumes (setting, sizes, seeds)
+    expected = json.loads(json.dumps(LesionStudy(cfg)._data_key(setting)))  # as in the files
+    expected.pop("zscore_stats", None)
     for folder in sorted(out.glob(f"models/{setting}-*")):
         if not (folder / "done.json").exists():
             continue
         spec = json.loads((folder / "config.json").read_text())["spec"]
-        # the volumes it was trained on must be today's (setting, sizes, seeds, z-scoring)
-        expected = json.loads(json.dumps(LesionStudy(cfg)._data_key(setting)))  # lists
-        expected.pop("zscore_stats", None)
         differ = sorted(
             k
             for k in set(expected) | set(spec) - {"zscore_stats", "arch", "dim", "width"}
