@@ -3,6 +3,7 @@ geometry, failed networks marked, FAUC at several budgets, the seed-level table.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -217,6 +218,27 @@ def test_report_marks_failed_networks_and_tests_across_seeds() -> None:
     grad_cam = next(r for r in md.splitlines() if r.startswith("| midbrain | Grad-CAM |"))
     assert "10.0 (seed 101) †" in grad_cam
     assert "left out of any ranking" in md
+
+
+def test_report_states_normalisation_and_training_caps() -> None:
+    cfg = dataclasses.asdict(LesionStudyConfig.v2())
+    results: dict[str, Any] = {
+        "config": cfg,
+        "evaluations": {"midbrain": {"gp_unet": _ev(0.8)}},
+        "networks": {},
+        "missing": [],
+    }
+    first = lesions_markdown(results).splitlines()[0]
+    assert first.startswith("Protocol: phantoms v2, data seed 1000, ")
+    assert "training volumes' pooled mean and sd (0 outside)" in first
+    assert "at most 20 epochs, patience 10, up to 1 restart(s)" in first
+    assert "trained from scratch instead: basal_ganglia (at most 20 epochs, patience 10)" in first
+    cfg.update(zscore_stats="volume", max_epochs=10, patience=5, finetune_epochs=6)
+    first = lesions_markdown(results).splitlines()[0]
+    assert "each volume z-scored inside the region with its own mean and sd" in first
+    assert "at most 10 epochs, patience 5" in first and "at most 6 epochs, no restart" in first
+    cfg.update(zscore=False)
+    assert "inputs raw intensities;" in lesions_markdown(results).splitlines()[0]
 
 
 @pytest.mark.slow

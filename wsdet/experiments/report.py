@@ -188,6 +188,43 @@ def _interim(results: dict[str, Any]) -> list[str]:
     ]
 
 
+def _lesion_protocol(cfg: dict[str, Any]) -> list[str]:
+    """One paragraph stating what the tables rest on: phantoms, normalisation, training caps
+    (none for a hand-made config that does not record them)."""
+    if not all(k in cfg for k in ("n_train", "lr", "max_epochs", "patience", "max_restarts")):
+        return []
+    if not cfg.get("zscore"):
+        norm = "raw intensities"
+    elif cfg.get("zscore_stats") == "train":
+        norm = "z-scored inside the region with the training volumes' pooled mean and sd"
+    else:
+        norm = "each volume z-scored inside the region with its own mean and sd"
+    scratch = list(cfg.get("scratch") or [])
+    text = (
+        f"Protocol: phantoms {cfg.get('phantoms', 'v1')}, data seed {cfg.get('data_seed')}, "
+        f"{cfg.get('n_train')}/{cfg.get('n_val')}/{cfg.get('n_test')} training/validation/"
+        f"test volumes per setting; inputs {norm}"
+        + (" (0 outside)" if cfg.get("zscore") else "")
+        + f"; {str(cfg.get('optimizer')).capitalize()}, lr {cfg.get('lr'):g}, batch "
+        f"{cfg.get('batch_size')}; at most {cfg.get('max_epochs')} epochs, patience "
+        f"{cfg.get('patience')}, up to {cfg.get('max_restarts')} restart(s) off the plateau"
+    )
+    if cfg.get("time_budget_min"):
+        text += f", {cfg['time_budget_min']:g} min per network"
+    if cfg.get("finetune"):
+        text += (
+            f"; later settings fine-tuned from the first one's networks, at most "
+            f"{cfg.get('finetune_epochs')} epochs, no restart"
+        )
+    if scratch:
+        text += (
+            f"; trained from scratch instead: {', '.join(scratch)} (at most "
+            f"{cfg.get('scratch_epochs') or cfg.get('max_epochs')} epochs, patience "
+            f"{cfg.get('scratch_patience') or cfg.get('patience')})"
+        )
+    return [text + ".", ""]
+
+
 def _comparisons(results: dict[str, Any]) -> list[str]:
     comparisons = results.get("comparisons", {})
     two_way = any("two_way" in c for c in comparisons.values())
@@ -429,6 +466,7 @@ def lesions_markdown(results: dict[str, Any]) -> str:
             methods.append(ref)
     out = [
         *_interim(results),
+        *_lesion_protocol(cfg),
         f"FAUC over 0–{cfg.get('max_fp', 15):g} FP/volume (×100) ± bootstrap sd; operating "
         "point = top-n with n the rounded predicted count (for the intensity baseline, the base "
         "CNN's count; for the chance reference, NMS on uniform noise inside the region, the "
