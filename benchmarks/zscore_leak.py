@@ -2,12 +2,13 @@
 
 Part 1 (no networks): per setting, the level of the tissue far from every lesion (> 3 mm
 from a lesion's half-maximum footprint, outside the look-alikes) after z-scoring each
-volume with its own region statistics, after z-scoring every volume with the training
-volumes' pooled statistics, and raw; printed as its correlation with the volume's lesion
-count and with the annotated slice's (the basal-ganglia-like target). Bright lesions
-raise a volume's region mean, so under per-volume statistics the far tissue lies lower the
-more lesions the volume holds, and with the region's outside set to 0 the border becomes
-an edge whose height tracks the count.
+volume with its own region statistics, after normalising each with its own region's
+median and MAD (``normalize_intensity(..., "robust")``), after z-scoring every volume
+with the training volumes' pooled statistics, and raw; printed as its correlation with
+the volume's lesion count and with the annotated slice's (the basal-ganglia-like
+target). Bright lesions raise a volume's region mean, so under per-volume statistics the
+far tissue lies lower the more lesions the volume holds, and with the region's outside set
+to 0 the border becomes an edge whose height tracks the count.
 
 Part 2 (``--out`` a v2 study folder): every cached network of ``--setting``, on the test
 volumes normalised as it was trained (per volume or with the training volumes' pooled
@@ -38,6 +39,7 @@ from wsdet.data.phantoms.v2 import SETTINGS_V2, PhantomVolumeV2, render_phantoms
 from wsdet.detector import Detector
 from wsdet.experiments.common import build_model
 from wsdet.experiments.lesions import LesionStudy, LesionStudyConfig, data_seeds
+from wsdet.io import normalize_intensity
 from wsdet.train.checkpoints import weights_in_counts
 
 FAR_MM = 3.0
@@ -86,12 +88,16 @@ def part1(cfg: LesionStudyConfig, n: int) -> None:
         row = []
         for name, stats, own in (
             ("per volume", None, True),
+            ("per volume, robust", None, True),
             ("training stats", shared, False),
             ("raw", (0.0, 1.0), False),
         ):
             level = []
             for v in volumes:
-                z = zscore(v, v.inside if own else None, stats)
+                if name.endswith("robust"):  # median and MAD of the region, 0 outside
+                    z = normalize_intensity(v.image, "robust", mask=v.inside)
+                else:
+                    z = zscore(v, v.inside if own else None, stats)
                 level.append(float(z[far_tissue(v, s.spacing)].mean()))
             slope = np.polyfit(total, level, 1)[0] * 10  # z per 10 lesions
             row.append(

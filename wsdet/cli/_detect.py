@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from wsdet._normalize import METHODS as NORMALIZE_METHODS
 from wsdet.cli._common import (
     DEFAULT_METHOD,
     UserError,
@@ -26,7 +27,7 @@ from wsdet.cli._common import (
 
 logger = logging.getLogger("wsdet.cli")
 
-NORMALIZE = ("zscore", "minmax", "none")
+NORMALIZE = NORMALIZE_METHODS
 
 
 def add_parsers(sub: Any) -> None:
