@@ -372,3 +372,16 @@ def test_first_v2_cache_keys_are_pinned(tmp_path: Path, monkeypatch: Any) -> Non
         plan = LesionStudy(cfg).plan(store)
         job = next(j for j in plan.jobs if j.name == "basal_ganglia-basecnn")
         assert model_folder(store, job.name, job.spec, job.config, job.init_from).name == folder
+
+
+def test_decoder_key_marks_the_networks_whose_upsampling_changed() -> None:
+    from wsdet.experiments.common import decoder_key
+
+    aligned = {"upsample": "aligned"}
+    assert decoder_key("gpunet", 3, (11, 88, 88)) == aligned  # midbrain-like: 11 slices
+    assert decoder_key("gated_attention", 3, (11, 88, 88)) == aligned
+    assert decoder_key("gpunet", 3, (10, 96, 96)) == {}  # 10 = 2 x 5: unchanged
+    assert decoder_key("gpunet_no_residual", 3, (10, 96, 96)) == aligned  # 10 = 4 x 2 + 2
+    assert decoder_key("gpunet_no_residual", 3, (12, 96, 96)) == {}
+    assert decoder_key("basecnn", 3, (11, 88, 88)) == {}  # no decoder
+    assert decoder_key("gpunet_no_residual", 2, (140, 196)) == {}  # MNIST grids: keys kept

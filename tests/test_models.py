@@ -6,6 +6,7 @@ import doctest
 import math
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -454,15 +455,113 @@ def test_upsample_nearest_even_and_odd() -> None:
     torch.testing.assert_close(even, x.repeat_interleave(2, 2).repeat_interleave(2, 3))
     odd = UpsampleTo()(x, torch.zeros(2, 9, 5, 7))
     assert odd.shape == (1, 1, 5, 7)
-    # nearest: output index i reads input floor(i * in / out)
+    # aligned: output voxel i lies in the block 2k..2k+1 that coarse voxel k = i // 2 pooled;
+    # the voxel the floor dropped repeats the last one
     for i in range(5):
         for j in range(7):
-            assert odd[0, 0, i, j] == x[0, 0, (i * 2) // 5, (j * 3) // 7]
+            assert odd[0, 0, i, j] == x[0, 0, min(i // 2, 1), min(j // 2, 2)]
+    # a ceil-pooled map (3 coarse voxels for 5) is cropped at the end
+    torch.testing.assert_close(UpsampleTo()(x, torch.zeros(1, 1, 3, 5)), even[:, :, :3, :5])
+    # factor=None stretches: output i reads floor(i * in / out)
+    stretched = UpsampleTo(factor=None)(x, torch.zeros(1, 1, 5, 7))
+    for i in range(5):
+        for j in range(7):
+            assert stretched[0, 0, i, j] == x[0, 0, (i * 2) // 5, (j * 3) // 7]
+    # at multiples of the factor the aligned and the stretched upsampling agree bit for bit
+    for mode in ("nearest", "linear"):
+        y = torch.randn(2, 3, 5, 7, 3)
+        ref = torch.zeros(1, 1, 10, 14, 6)
+        assert torch.equal(UpsampleTo(mode)(y, ref), UpsampleTo(mode, factor=None)(y, ref))
+    # factor 4 (two poolings: 11 -> 5 -> 2): blocks of four, the 3 dropped voxels repeat
+    row = UpsampleTo(factor=4)(torch.tensor([[[1.0, 2.0]]]), torch.zeros(1, 1, 11))
+    assert row.tolist() == [[[1.0] * 4 + [2.0] * 7]]
+
+
+def test_upsample_linear_odd_keeps_block_centres() -> None:
+    # align_corners=False with factor 2: coarse centres at 0.5, 2.5, ...; the dropped last
+    # voxel is clamped (the edge value), as linear interpolation does at the border
+    x = torch.tensor([[[0.0, 1.0]]])
+    out = UpsampleTo("linear")(x, torch.zeros(1, 1, 5))
+    torch.testing.assert_close(out, torch.tensor([[[0.0, 0.25, 0.75, 1.0, 1.0]]]))
+
+
+def _aligned_reference(coarse: np.ndarray, size: tuple[int, ...], mode: str) -> np.ndarray:
+    """Upsampling by 2 per axis from first principles: coarse voxel k covers fine voxels 2k
+    and 2k + 1 (centre 2k + 0.5); nearest repeats it (the dropped last voxel takes the
+    last block's value), linear interpolates between centres (clamped at the ends)."""
+    out = coarse
+    for axis, n in enumerate(size):
+        m = out.shape[axis]
+        if mode == "nearest":
+            out = np.take(out, np.minimum(np.arange(n) // 2, m - 1), axis=axis)
+        else:
+            grid, centres = np.arange(n), 2.0 * np.arange(m) + 0.5
+            lines = np.moveaxis(out, axis, -1)  # interpolate every line along the axis
+            flat = [np.interp(grid, centres, v) for v in lines.reshape(-1, m)]
+            out = np.moveaxis(np.reshape(flat, (*lines.shape[:-1], n)), -1, axis)
+    return out
+
+
+def test_decoders_upsample_in_place_at_odd_sizes() -> None:
+    # Every upsampling inside the reference architectures, observed in the forward pass of
+    # an input of odd size, equals the aligned upsampling computed from first principles.
+    torch.manual_seed(0)
+    for cls in (GPUnet, GPUnetNoResidual, GatedAttentionNet):
+        model = cls(dim=3, width=2).eval()
+        seen: list[tuple[str, torch.Tensor, torch.Tensor]] = []
+
+        def record(m: nn.Module, i: tuple[torch.Tensor, ...], o: torch.Tensor, seen=seen) -> None:
+            seen.append((m.mode, i[0], o))
+
+        ups = [m for m in model.modules() if isinstance(m, UpsampleTo)]
+        hooks = [m.register_forward_hook(record) for m in ups]
+        with torch.no_grad():
+            model(torch.randn(1, 1, 11, 13, 9))
+        for h in hooks:
+            h.remove()
+        assert seen, cls.__name__
+        for mode, coarse, fine in seen:
+            for b, c in ((0, 0), (0, coarse.shape[1] - 1)):
+                ref = _aligned_reference(coarse[b, c].double().numpy(), fine.shape[2:], mode)
+                np.testing.assert_allclose(fine[b, c].numpy(), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_decoders_are_shift_equivariant_at_odd_sizes() -> None:
+    # Shifting an input by a multiple of the network's downsampling factor shifts its
+    # full-resolution CAM features by the same amount away from the borders, at odd sizes
+    # too. Stretching the coarse maps to the reference size breaks this (and shifts maps
+    # by up to one coarse voxel); the even size is the control where both agree.
+    torch.manual_seed(0)
+    for cls, layer, shift, margin in (
+        (GPUnet, "conv5", 2, 12),
+        (GPUnetNoResidual, "conv7", 4, 24),  # a larger receptive field
+        (GatedAttentionNet, "gate", 2, 12),
+    ):
+        model = cls(dim=3, width=2).eval()
+        for depth in (4 * margin - 1, 4 * margin):
+            big = torch.randn(1, 1, depth + shift, 6, 6)
+            feats = []
+            with torch.no_grad():
+                for start in (0, shift):
+                    got: dict[str, torch.Tensor] = {}
+                    h = dict(model.named_modules())[layer].register_forward_hook(
+                        lambda m, i, o, got=got: got.update(f=o)
+                    )
+                    model(big[:, :, start : start + depth])
+                    h.remove()
+                    feats.append(got["f"])
+            a = feats[0][:, :, shift + margin : depth - margin]
+            b = feats[1][:, :, margin : depth - margin - shift]
+            torch.testing.assert_close(a, b, msg=f"{cls.__name__}, depth {depth}")
 
 
 def test_blocks_validate() -> None:
     with pytest.raises(ValueError, match="mode"):
         UpsampleTo("cubic")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="factor must be"):
+        UpsampleTo(factor=0)
+    with pytest.raises(ValueError, match=r"not 2 x x's \[2, 3\] up to fewer than 2 voxels"):
+        UpsampleTo()(torch.zeros(1, 1, 2, 3), torch.zeros(1, 1, 4, 9))
     with pytest.raises(ValueError, match="x and ref"):
         UpsampleTo()(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4))
     with pytest.raises(ValueError, match="x must have shape"):

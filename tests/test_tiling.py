@@ -21,7 +21,7 @@ import wsdet
 from wsdet.attention._tiling_head import is_affine
 from wsdet.attention._tiling_plan import make_plan
 from wsdet.attention.tiling import TiledAttention, check_module, probe_geometry
-from wsdet.models import BaseCNN, GatedAttentionNet, GPUnet, GPUnetNoResidual
+from wsdet.models import BaseCNN, GatedAttentionNet, GPUnet, GPUnetNoResidual, UpsampleTo
 
 METHODS = [
     "gp_unet",
@@ -288,12 +288,17 @@ def test_tiles_larger_than_the_volume_run_untiled() -> None:
 
 
 def test_odd_size_with_resize_to_reference_is_refused_or_left_unsplit() -> None:
-    """GPUnet upsamples to the skip connection's size: for an odd size the nearest
-    upsampling scale is not 1/2, positions shift, and no tiling along that axis is exact.
-    Along an axis that is not split the tiles see the whole axis: exact."""
+    """A decoder that stretches to the skip connection's size (``UpsampleTo(factor=None)``):
+    for an odd size the nearest upsampling scale is not 1/2, positions shift, and no tiling
+    along that axis is exact. Along an axis that is not split the tiles see the whole
+    axis: exact. GPUnet's own aligned upsampling tiles exactly at the same odd size."""
+    x = _x((1, 1, 25, 28, 20))
     model = _model(GPUnet)
     det = wsdet.Detector(model, method="gp_unet")
-    x = _x((1, 1, 25, 28, 20))
+    _assert_same(det.attention_and_count(x, tile_size=TILE3), det.attention_and_count(x), 1e-5)
+    stretched = _model(GPUnet)
+    stretched.up = UpsampleTo("nearest", factor=None)
+    det = wsdet.Detector(stretched, method="gp_unet")
     with pytest.raises(ValueError, match=r"not a multiple of the network's downsampling factor"):
         det.attention(x, tile_size=TILE3)
     _assert_same(

@@ -1,9 +1,9 @@
 """Check, before tiling a real volume, that tiles reproduce the whole volume's features.
 
 The probe (:mod:`wsdet.attention._tiling_probe`) measures locality; what it cannot see is
-whether the network is shift-equivariant *at the input size*: a layer that resizes to a
-reference size (``UpsampleTo``, ``F.interpolate(size=...)``) shifts positions when the
-size is not a multiple of the downsampling factor ``D``. :func:`verify_tiling` computes
+whether the network is shift-equivariant *at the input size*: a layer that stretches to a
+reference size (``UpsampleTo(factor=None)``, ``F.interpolate(size=...)``) shifts positions
+when the size is not a multiple of the downsampling factor ``D``. :func:`verify_tiling` computes
 the pooled features of a small random volume with the same size modulo ``D`` whole and tile
 by tile, with the real halo, and compares the cores; then it checks that the output depends
 on the input only through the pooled vectors. Cached like the probe.
@@ -154,7 +154,7 @@ def _verify(
         cause = (
             f" The input size {list(x.shape[2:])} is not a multiple of the network's "
             f"downsampling factor {list(factor)} along axes {off_grid}: a layer that resizes "
-            "to a reference size (UpsampleTo, F.interpolate(size=...)) is then not "
+            "to a reference size (UpsampleTo(factor=None), F.interpolate(size=...)) is then not "
             "shift-equivariant. Pad the input to a multiple of the factor, or give a "
             "tile_size covering those axes."
             if off_grid

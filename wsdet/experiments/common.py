@@ -29,6 +29,7 @@ from wsdet.experiments.detections import (
     save_detections,
 )
 from wsdet.experiments.store import FolderLock, Store, config_key
+from wsdet.models import UpsampleTo
 from wsdet.models.zoo import ARCHITECTURES, METHOD_ARCHITECTURE, get_model
 from wsdet.train import TrainConfig, Trainer
 
@@ -68,6 +69,19 @@ METHOD_LABELS: dict[str, str] = {
 def build_model(arch: str, dim: int, width: int | None = None) -> nn.Module:
     """A fresh reference network by architecture name: :func:`wsdet.models.get_model`."""
     return get_model(arch, dim=dim, width=width)
+
+
+def decoder_key(arch: str, dim: int, shape: Sequence[int]) -> dict[str, Any]:
+    """``{"upsample": "aligned"}`` for a network of ``arch`` whose decoder upsamples a map
+    pooled to a size that is not a multiple of its pooling along some axis of ``shape``,
+    else ``{}``: a part of its cache key. Such networks were trained with stretched
+    upsampling before :class:`~wsdet.models.UpsampleTo` aligned it, and must not be read
+    back; at the other sizes both agree, and the keys of those networks stay as they were.
+    """
+    model = build_model(arch, dim, 1)
+    factor = 2 ** int(getattr(model, "n_pools", 0))
+    upsamples = any(isinstance(m, UpsampleTo) for m in model.modules())
+    return {"upsample": "aligned"} if upsamples and any(n % factor for n in shape) else {}
 
 
 def _model_key(spec: dict[str, Any], config: TrainConfig, init_from: Path | None) -> dict[str, Any]:

@@ -38,7 +38,7 @@ from wsdet.data.phantoms.v2 import SETTINGS_V2, hit_radius_mm, make_phantoms_v2,
 from wsdet.data.synthetic import PhantomSet, make_lesion_volumes
 from wsdet.detection import Detections, find_peaks
 from wsdet.detector import Detector
-from wsdet.experiments.common import METHOD_ARCHITECTURE, Store, TrainJob
+from wsdet.experiments.common import METHOD_ARCHITECTURE, Store, TrainJob, decoder_key
 from wsdet.experiments.detections import cached_detections, detect_all, detections_path
 from wsdet.experiments.figures import lesion_example, lesions_figures
 from wsdet.experiments.keys import RunKey
@@ -462,9 +462,8 @@ class LesionStudy:
         )
 
     def _jobs(self, store: Store) -> list[TrainJob]:
-        """Every architecture per setting, from the study's seed and each of
-        ``init_seeds``) (same data); fine-tuned from the first setting's network of the same
-        seed when ``finetune``, unless the setting is one of ``scratch``."""
+        """Every architecture per setting, from the study's seed and each ``init_seeds`` (same
+        data); fine-tuned from the first setting's of its seed if ``finetune``, not ``scratch``."""
         cfg = self.config
         jobs: list[TrainJob] = []
         sources: dict[tuple[str, int | None], str] = {}  # the first setting's job names
@@ -474,6 +473,7 @@ class LesionStudy:
             for seed in (None, *cfg.init_seeds):
                 for arch in sorted({METHOD_ARCHITECTURE[m] for m in cfg.methods}):
                     spec = {"arch": arch, "dim": 3, "width": cfg.width, **self.data_keys[setting]}
+                    spec |= decoder_key(arch, 3, cfg.shape_of(setting))  # see UpsampleTo
                     tuned = cfg.finetune and not first and setting not in cfg.scratch
                     source = sources.get((arch, seed)) if tuned else None
                     job = TrainJob(

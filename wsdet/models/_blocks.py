@@ -183,45 +183,91 @@ class Concat(nn.Module):
 
 
 class UpsampleTo(nn.Module):
-    """Resize a map to the spatial size of a reference tensor.
+    """Upsample a pooled map by ``factor`` and fit it to the spatial size of a reference.
 
-    Resizing to an explicit size (rather than by a fixed factor) keeps decoders correct for odd
-    input sizes, where max pooling floors the size.
+    A decoder joins a map pooled ``factor`` times (sizes floored, as by max pooling or a
+    stride-``factor`` convolution) to the map it was pooled from. Coarse voxel ``k`` covers
+    the reference voxels ``factor * k`` to ``factor * k + factor - 1``, at every size: the
+    map is upsampled by exactly ``factor`` and the remainder the floor dropped (fewer than
+    ``factor`` voxels at the end of an axis) is filled with its last voxels (nearest) or
+    clamped (linear), so that positions stay aligned; a ceil-pooled map is cropped at the
+    end instead. ``factor=None`` stretches the map to the reference size instead (as
+    ``F.interpolate(size=...)``); at sizes that are not multiples of the pooling it shifts
+    positions by up to one coarse voxel (e.g. by one input slice for 11 slices pooled once),
+    which moves a class activation map off its objects.
 
     Parameters
     ----------
     mode : {"nearest", "linear"}, default "nearest"
-        ``"nearest"`` is nearest-neighbour upsampling (as Keras ``UpSampling``). ``"linear"``
-        resolves to linear / bilinear / trilinear for 1 / 2 / 3 spatial dimensions and uses
-        ``align_corners=False``.
+        ``"nearest"`` repeats each coarse voxel (as Keras ``UpSampling``). ``"linear"``
+        resolves to linear / bilinear / trilinear for 1 / 2 / 3 spatial dimensions with
+        ``align_corners=False`` (coarse voxel centres at the centres of the blocks they
+        cover).
+    factor : int or None, default 2
+        The pooling factor between ``ref`` and ``x`` (the same on every axis); ``None``:
+        stretch to the reference size.
+
+    Raises
+    ------
+    ValueError
+        In ``forward``, when ``ref``'s size along an axis is not ``factor`` times ``x``'s
+        up to fewer than ``factor`` voxels (``x`` is not ``ref`` pooled by ``factor``).
 
     Examples
     --------
     >>> up = UpsampleTo("nearest")
     >>> up(torch.zeros(1, 2, 3, 4), torch.zeros(1, 5, 7, 9)).shape
     torch.Size([1, 2, 7, 9])
+    >>> up(torch.tensor([[[0.0, 1.0, 2.0]]]), torch.zeros(1, 1, 7)).tolist()
+    [[[0.0, 0.0, 1.0, 1.0, 2.0, 2.0, 2.0]]]
+    >>> UpsampleTo(factor=None)(torch.tensor([[[0.0, 1.0, 2.0]]]), torch.zeros(1, 1, 7)).tolist()
+    [[[0.0, 0.0, 0.0, 1.0, 1.0, 2.0, 2.0]]]
     """
 
-    def __init__(self, mode: UpsampleMode = "nearest") -> None:
+    def __init__(self, mode: UpsampleMode = "nearest", factor: int | None = 2) -> None:
         super().__init__()
         if mode not in ("nearest", "linear"):
             raise ValueError(f"mode must be 'nearest' or 'linear'; got {mode!r}")
+        if factor is not None:
+            factor = check_int("factor", factor)
+            if factor < 1:
+                raise ValueError(f"factor must be an int >= 1 or None; got {factor}")
         self.mode: UpsampleMode = mode
+        self.factor = factor
+
+    def _resize(self, x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+        if self.mode == "nearest":
+            return F.interpolate(x, size=size, mode="nearest")
+        return F.interpolate(x, size=size, mode=_LINEAR_MODES[x.ndim - 2], align_corners=False)
 
     def forward(self, x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-        """Resize ``x`` (B, C, *S) to ``ref.shape[2:]``."""
+        """Upsample ``x`` (B, C, *s) to ``ref.shape[2:]``."""
         if x.ndim < 3 or x.ndim > 5 or ref.ndim != x.ndim:
             raise ValueError(
                 "x and ref must both have shape (B, C, *spatial) with 1-3 spatial dims; "
                 f"got {tuple(x.shape)} and {tuple(ref.shape)}"
             )
         size = tuple(int(s) for s in ref.shape[2:])
-        if self.mode == "nearest":
-            return F.interpolate(x, size=size, mode="nearest")
-        return F.interpolate(x, size=size, mode=_LINEAR_MODES[x.ndim - 2], align_corners=False)
+        f = self.factor
+        if f is None:
+            return self._resize(x, size)
+        low = tuple(int(s) for s in x.shape[2:])
+        bad = [a for a, (n, m) in enumerate(zip(size, low, strict=True)) if abs(n - f * m) >= f]
+        if bad:
+            raise ValueError(
+                f"UpsampleTo(factor={f}): ref's spatial size {list(size)} is not {f} x x's "
+                f"{list(low)} up to fewer than {f} voxels along axes {bad} (x is not ref "
+                "pooled by the factor); pass the right factor, or factor=None to stretch"
+            )
+        out = self._resize(x, tuple(f * m for m in low))
+        for axis, (n, m) in enumerate(zip(size, low, strict=True)):
+            if n != f * m:  # the floor's remainder: repeat the last voxel; ceil: crop
+                index = torch.arange(n, device=x.device).clamp_(max=f * m - 1)
+                out = out.index_select(2 + axis, index)
+        return out
 
     def extra_repr(self) -> str:
-        return f"mode={self.mode!r}"
+        return f"mode={self.mode!r}, factor={self.factor}"
 
 
 class GlobalAvgPool(nn.Module):
@@ -248,7 +294,7 @@ class AttentionGate(nn.Module):
 
         q     = ReLU(theta(x) + phi(g))          # at the gating resolution
         alpha = sigmoid(psi(q))                  # (B, 1, *S//2), in (0, 1)
-        alpha = upsample(alpha, size=S)          # (bi/tri)linear, align_corners=False
+        alpha = upsample(alpha, x)               # (bi/tri)linear, by 2, aligned
         out   = x * alpha                        # broadcast over channels
 
     ``theta`` is a stride-2 convolution with kernel 2 and no bias (the bias of ``phi`` makes a

@@ -50,8 +50,9 @@ class GPUnet(_ResidualEncoderNet):
     >>> model(torch.randn(3, 1, 13, 17)).shape
     torch.Size([3])
 
-    Odd sizes are floored by the pooling and restored by the upsampling, so the CAM layer
-    ``conv5`` keeps the input size:
+    Odd sizes are floored by the pooling and restored by the upsampling (aligned: the
+    pooled voxel ``k`` feeds the voxels ``2k`` and ``2k + 1``, see
+    :class:`~wsdet.models.UpsampleTo`), so the CAM layer ``conv5`` keeps the input size:
 
     >>> feats = {}
     >>> hook = model.conv5.register_forward_hook(lambda m, i, o: feats.update(conv5=o))
