@@ -46,10 +46,18 @@ def np_linear_weights(n_in: int, n_out: int) -> np.ndarray:
 
 
 def np_upsample(m: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
-    """Separable (bi/tri)linear resize of one map ``m`` to ``size``."""
+    """Separable (bi/tri)linear upsampling of one map ``m`` to ``size``. Along an axis of
+    ``f * m + r`` voxels (``f`` a power of two, ``0 <= r < f``: floored pooling) the map is
+    upsampled by ``f`` and the last ``r`` voxels repeat the edge row; otherwise stretched."""
     out = m
     for axis, n in enumerate(size):
-        u = np_linear_weights(out.shape[axis], n)
+        k = out.shape[axis]
+        fits = [f for f in (1, 2, 4, 8, 16, 32) if 0 <= n - f * k < f]
+        if fits:
+            u = np_linear_weights(k, fits[0] * k)
+            u = u[np.minimum(np.arange(n), fits[0] * k - 1)]
+        else:
+            u = np_linear_weights(k, n)
         out = np.moveaxis(np.tensordot(u, np.moveaxis(out, axis, 0), axes=(1, 0)), 0, axis)
     return out
 
@@ -57,6 +65,10 @@ def np_upsample(m: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
 def test_np_upsample_matches_known_values() -> None:
     # 2 -> 4: v0, .75 v0 + .25 v1, .25 v0 + .75 v1, v1 (the textbook half-pixel rule)
     np.testing.assert_allclose(np_upsample(np.array([0.0, 4.0]), (4,)), [0.0, 1.0, 3.0, 4.0])
+    # 2 -> 5 (5 pooled once, floored): the same four, then the edge value
+    np.testing.assert_allclose(np_upsample(np.array([0.0, 4.0]), (5,)), [0, 1, 3, 4, 4.0])
+    # 3 -> 4 is no floored pooling: stretched, sampling (o + 0.5) * 3 / 4 - 0.5
+    np.testing.assert_allclose(np_upsample(np.array([0.0, 4.0, 8.0]), (4,)), [0, 2.5, 5.5, 8])
 
 
 # ------------------------------------------------------------ tiny hand CAM model

@@ -2,8 +2,10 @@
 
 * ``grad`` == Captum ``Saliency(abs=False)``; ``guided_backprop`` == Captum
   ``GuidedBackprop``; ``grad_cam`` == Captum ``LayerGradCam`` + ``LayerAttribution.
-  interpolate`` (bilinear / trilinear); ``gp_unet`` CAM == MONAI ``CAM`` raw map minus the
-  head's bias; ``gated_attention`` == the sum of one MONAI CAM per scale.
+  interpolate`` (bilinear / trilinear) at sizes that are multiples of the pooling (at
+  floored odd sizes the coarse map is upsampled in place, not stretched); ``gp_unet`` CAM
+  == MONAI ``CAM`` raw map minus the head's bias; ``gated_attention`` == the sum of one
+  MONAI CAM per scale.
 * 2D and 3D, batch > 1, float32, relative tolerance 1e-5 (absolute 1e-5 of the map's
   largest magnitude, for values that cancel to ~0), on our architectures and on a model
   with BatchNorm (eval), an in-place ReLU and one ReLU module called twice.
@@ -150,6 +152,33 @@ def test_grad_cam_equals_captum_layer_gradcam(arch: str, layer: str, dim: int) -
     ours_relu = GradCAM(model, layer=mod, relu=True).compute(x)[0]
     # (ReLU'd maps may be all zero for some of these random networks.)
     assert_parity(ours_relu, captum_gradcam(model, mod, x, relu=True), allow_zero=True)
+
+
+def _aligned_linear(coarse: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
+    """Linear upsampling by 2 per axis from first principles: coarse voxel k is centred on
+    the block 2k, 2k + 1 it pooled (2k + 0.5), values clamped beyond the end centres."""
+    out = coarse
+    for axis, n in enumerate(size):
+        m = out.shape[axis]
+        lines = np.moveaxis(out, axis, -1)
+        flat = [np.interp(np.arange(n), 2.0 * np.arange(m) + 0.5, v) for v in lines.reshape(-1, m)]
+        out = np.moveaxis(np.reshape(flat, (*lines.shape[:-1], n)), -1, axis)
+    return out
+
+
+@pytest.mark.parametrize("size", [(11, 8, 6), (9, 13, 7)])
+def test_grad_cam_at_odd_sizes_is_captums_coarse_map_upsampled_in_place(size: tuple) -> None:
+    # Captum's coarse LayerGradCam, upsampled by hand with each coarse voxel centred on the
+    # block it pooled; Captum's own interpolate stretches it instead (it differs here).
+    model = make("base", 3)
+    x = torch.rand(2, 1, *size, generator=torch.Generator().manual_seed(5))
+    layer = dict(model.named_modules())["cat2"]
+    coarse = captum_attr.LayerGradCam(model, layer).attribute(x)[:, 0].detach()
+    ours = GradCAM(model, layer="cat2").compute(x)[0]
+    for i in range(2):
+        ref = _aligned_linear(coarse[i].double().numpy(), size)
+        np.testing.assert_allclose(ours[i].double().numpy(), ref, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(ours, captum_gradcam(model, layer, x), atol=1e-6)
 
 
 @pytest.mark.parametrize("dim", [2, 3])

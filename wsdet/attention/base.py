@@ -351,19 +351,44 @@ def check_channel(name: str, index: int, channels: int) -> int:
     return index
 
 
+def _unfloored(size: Sequence[int], coarse: Sequence[int]) -> tuple[int, ...] | None:
+    """Per axis ``f * m`` for the power of two ``f`` with ``f * m <= n < f * (m + 1)`` (what
+    pooling by ``f`` with sizes floored leaves); ``None`` if some axis fits no such ``f``."""
+    scaled = []
+    for n, m in zip(size, coarse, strict=True):
+        if m < 1 or n < m:
+            return None
+        f = 1 << ((n // m).bit_length() - 1)  # the largest power of two <= n // m
+        if n - f * m >= f:
+            return None
+        scaled.append(f * m)
+    return tuple(scaled)
+
+
 def upsample_to(maps: Tensor, size: Sequence[int]) -> Tensor:
     """Upsample ``(B, *s)`` maps to ``size`` with (bi/tri)linear interpolation.
 
     ``align_corners=False``, as Captum's ``LayerAttribution.interpolate`` and the paper's
-    "linear interpolation" do. Maps already at ``size`` are returned unchanged.
+    "linear interpolation" do. Maps already at ``size`` are returned unchanged. When every
+    axis of ``size`` is ``f * s`` plus fewer than ``f`` voxels for a power of two ``f``
+    (what floored pooling leaves, e.g. 11 slices pooled once: 5), coarse voxel ``k`` is
+    centred on the block ``f * k ... f * k + f - 1`` it covers, as
+    :class:`wsdet.models.UpsampleTo` does, and the remainder is clamped to the edge value;
+    stretching to ``size`` (Captum) would move the map by up to one coarse voxel across
+    the axis. At multiples of ``f`` both are the same; at other sizes (e.g. ceil-mode
+    strided layers) the map is stretched to ``size``.
     """
     if tuple(maps.shape[1:]) == tuple(size):
         return maps
     mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(size)]
+    scaled = _unfloored(size, maps.shape[1:]) or tuple(size)
     out = torch.nn.functional.interpolate(
-        maps.unsqueeze(1), size=tuple(size), mode=mode, align_corners=False
-    )
-    return out.squeeze(1)
+        maps.unsqueeze(1), size=scaled, mode=mode, align_corners=False
+    ).squeeze(1)
+    for axis, (n, m) in enumerate(zip(size, scaled, strict=True)):
+        if n != m:  # the floor's remainder: the edge value, as linear interpolation clamps
+            out = out.index_select(1 + axis, torch.arange(n, device=out.device).clamp_(max=m - 1))
+    return out
 
 
 # Keyed weakly by the owner object itself: keying by id() would silence the warning for a
