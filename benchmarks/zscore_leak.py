@@ -37,7 +37,7 @@ from scipy import ndimage
 
 from wsdet.data.phantoms.v2 import SETTINGS_V2, PhantomVolumeV2, render_phantoms_v2
 from wsdet.detector import Detector
-from wsdet.experiments.common import build_model
+from wsdet.experiments.common import build_model, decoder_key
 from wsdet.experiments.lesions import LesionStudy, LesionStudyConfig, data_seeds
 from wsdet.io import normalize_intensity
 from wsdet.train.checkpoints import weights_in_counts
@@ -135,13 +135,15 @@ def part2(cfg: LesionStudyConfig, out: Path, setting: str, n: int) -> None:
         if not (folder / "done.json").exists():
             continue
         spec = json.loads((folder / "config.json").read_text())["spec"]
-        differ = sorted(
-            k
-            for k in set(expected) | set(spec) - {"zscore_stats", "arch", "dim", "width"}
-            if spec.get(k) != expected.get(k)
-        )
+        skip = {"zscore_stats", "arch", "dim", "width", "upsample"}
+        keys = (set(expected) | set(spec)) - skip
+        differ = sorted(k for k in keys if spec.get(k) != expected.get(k))
         if differ:
             raise ValueError(f"{folder.name}: trained on other volumes ({differ} differ)")
+        aligned = decoder_key(spec["arch"], spec["dim"], spec["shape"]).get("upsample")
+        if spec.get("upsample") != aligned:  # trained before UpsampleTo was aligned
+            print(f"  {folder.name}: skipped (trained with the former stretched upsampling)")
+            continue
         done = json.loads((folder / "done.json").read_text())
         model = build_model(spec["arch"], spec["dim"], spec.get("width"))
         model.load_state_dict(weights_in_counts(folder / "best.pt", model))

@@ -268,15 +268,6 @@ def test_user_model_factory_and_torchscript(
     assert len(ref) > 0
     got = read_points_csv(tmp_path / "ts" / "case02.csv")["case02"]
     np.testing.assert_array_equal(got[0], ref.points)
-    # --normalize robust: the median / MAD-normalised volume, as the API gives it
-    args = ["detect", img, "--torchscript", "net.ts", "-o", "rob", "-q", "--normalize", "robust"]
-    code, _, err = run(args, capsys)
-    assert code == 0, err
-    x = torch.from_numpy(normalize_intensity(load_volume(img).array, "robust"))[None, None]
-    (ref,) = wsdet.Detector(model, method="grad").detect(x, n="all")
-    got = read_points_csv(tmp_path / "rob" / "case02.csv")["case02"]
-    assert len(ref) > 0
-    np.testing.assert_array_equal(got[0], ref.points)
 
 
 def test_2d_png_images(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

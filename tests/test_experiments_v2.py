@@ -385,3 +385,10 @@ def test_decoder_key_marks_the_networks_whose_upsampling_changed() -> None:
     assert decoder_key("gpunet_no_residual", 3, (12, 96, 96)) == {}
     assert decoder_key("basecnn", 3, (11, 88, 88)) == {}  # no decoder
     assert decoder_key("gpunet_no_residual", 2, (140, 196)) == {}  # MNIST grids: keys kept
+    from wsdet.experiments.detections import coarse_upsample_key
+
+    # detections whose coarse maps are now upsampled in place get their own cache entries
+    assert coarse_upsample_key("grad_cam", (11, 88, 88)) == {"coarse_upsample": "in place"}
+    assert coarse_upsample_key("gated_attention", (11, 88, 88)) == {"coarse_upsample": "in place"}
+    assert coarse_upsample_key("grad_cam", (10, 96, 96)) == {}  # a multiple of 2: unchanged
+    assert coarse_upsample_key("guided_backprop", (11, 88, 88)) == {}  # full resolution

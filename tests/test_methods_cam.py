@@ -71,6 +71,15 @@ def test_np_upsample_matches_known_values() -> None:
     np.testing.assert_allclose(np_upsample(np.array([0.0, 4.0, 8.0]), (4,)), [0, 2.5, 5.5, 8])
 
 
+def test_upsample_to_decides_per_axis() -> None:
+    from wsdet.attention.base import upsample_to
+
+    # 11 from 6 is no floored pooling (stretched); 9 from 4 is (in place)
+    m = np.random.default_rng(0).random((6, 4))
+    got = upsample_to(torch.tensor(m)[None], (11, 9))[0].numpy()
+    np.testing.assert_allclose(got, np_upsample(m, (11, 9)), rtol=1e-12)
+
+
 # ------------------------------------------------------------ tiny hand CAM model
 
 W = np.array(

@@ -472,6 +472,11 @@ def test_upsample_nearest_even_and_odd() -> None:
         y = torch.randn(2, 3, 5, 7, 3)
         ref = torch.zeros(1, 1, 10, 14, 6)
         assert torch.equal(UpsampleTo(mode)(y, ref), UpsampleTo(mode, factor=None)(y, ref))
+    # per-axis factors (in-plane pooling only): the first axis is kept, the others doubled
+    y = torch.arange(6.0).reshape(1, 1, 3, 2, 1)
+    got = UpsampleTo(factor=(1, 2, 2))(y, torch.zeros(1, 1, 3, 5, 2))
+    want = y.repeat_interleave(2, 3)[:, :, :, [0, 1, 2, 3, 3]].repeat_interleave(2, 4)
+    torch.testing.assert_close(got, want)
     # factor 4 (two poolings: 11 -> 5 -> 2): blocks of four, the 3 dropped voxels repeat
     row = UpsampleTo(factor=4)(torch.tensor([[[1.0, 2.0]]]), torch.zeros(1, 1, 11))
     assert row.tolist() == [[[1.0] * 4 + [2.0] * 7]]
@@ -560,8 +565,10 @@ def test_blocks_validate() -> None:
         UpsampleTo("cubic")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="factor must be"):
         UpsampleTo(factor=0)
-    with pytest.raises(ValueError, match=r"not 2 x x's \[2, 3\] up to fewer than 2 voxels"):
+    with pytest.raises(ValueError, match=r"along axes \[1\] \(x is not ref pooled by it\)"):
         UpsampleTo()(torch.zeros(1, 1, 2, 3), torch.zeros(1, 1, 4, 9))
+    with pytest.raises(ValueError, match="one factor per spatial axis"):
+        UpsampleTo(factor=(1, 2))(torch.zeros(1, 1, 2, 3, 3), torch.zeros(1, 1, 2, 6, 6))
     with pytest.raises(ValueError, match="x and ref"):
         UpsampleTo()(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4))
     with pytest.raises(ValueError, match="x must have shape"):

@@ -351,17 +351,13 @@ def check_channel(name: str, index: int, channels: int) -> int:
     return index
 
 
-def _unfloored(size: Sequence[int], coarse: Sequence[int]) -> tuple[int, ...] | None:
+def _unfloored(size: Sequence[int], coarse: Sequence[int]) -> tuple[int, ...]:
     """Per axis ``f * m`` for the power of two ``f`` with ``f * m <= n < f * (m + 1)`` (what
-    pooling by ``f`` with sizes floored leaves); ``None`` if some axis fits no such ``f``."""
+    pooling by ``f`` with sizes floored leaves), or ``n`` itself where no such ``f`` fits."""
     scaled = []
     for n, m in zip(size, coarse, strict=True):
-        if m < 1 or n < m:
-            return None
-        f = 1 << ((n // m).bit_length() - 1)  # the largest power of two <= n // m
-        if n - f * m >= f:
-            return None
-        scaled.append(f * m)
+        f = 1 << ((n // m).bit_length() - 1) if 1 <= m <= n else 0  # largest 2**k <= n // m
+        scaled.append(f * m if f and n - f * m < f else n)
     return tuple(scaled)
 
 
@@ -369,19 +365,19 @@ def upsample_to(maps: Tensor, size: Sequence[int]) -> Tensor:
     """Upsample ``(B, *s)`` maps to ``size`` with (bi/tri)linear interpolation.
 
     ``align_corners=False``, as Captum's ``LayerAttribution.interpolate`` and the paper's
-    "linear interpolation" do. Maps already at ``size`` are returned unchanged. When every
-    axis of ``size`` is ``f * s`` plus fewer than ``f`` voxels for a power of two ``f``
+    "linear interpolation" do. Maps already at ``size`` are returned unchanged. Along an
+    axis of ``size`` that is ``f * s`` plus fewer than ``f`` voxels for a power of two ``f``
     (what floored pooling leaves, e.g. 11 slices pooled once: 5), coarse voxel ``k`` is
     centred on the block ``f * k ... f * k + f - 1`` it covers, as
     :class:`wsdet.models.UpsampleTo` does, and the remainder is clamped to the edge value;
     stretching to ``size`` (Captum) would move the map by up to one coarse voxel across
-    the axis. At multiples of ``f`` both are the same; at other sizes (e.g. ceil-mode
+    the axis. At multiples of ``f`` both are the same; along other axes (e.g. ceil-mode
     strided layers) the map is stretched to ``size``.
     """
     if tuple(maps.shape[1:]) == tuple(size):
         return maps
     mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(size)]
-    scaled = _unfloored(size, maps.shape[1:]) or tuple(size)
+    scaled = _unfloored(size, maps.shape[1:])
     out = torch.nn.functional.interpolate(
         maps.unsqueeze(1), size=scaled, mode=mode, align_corners=False
     ).squeeze(1)

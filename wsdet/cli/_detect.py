@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 
-from wsdet._normalize import METHODS as NORMALIZE_METHODS
 from wsdet.cli._common import (
     DEFAULT_METHOD,
     UserError,
@@ -27,7 +26,7 @@ from wsdet.cli._common import (
 
 logger = logging.getLogger("wsdet.cli")
 
-NORMALIZE = NORMALIZE_METHODS
+NORMALIZE = ("zscore", "minmax", "none")  # per whole volume (no mask on the command line)
 
 
 def add_parsers(sub: Any) -> None:

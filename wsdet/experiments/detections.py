@@ -112,6 +112,16 @@ def load_detections(path: Path) -> tuple[list[Detections], float]:
     return dets, seconds
 
 
+def coarse_upsample_key(method: str, shape: Sequence[int]) -> dict[str, Any]:
+    """``{"coarse_upsample": "in place"}`` for a method whose map upsamples a half-resolution
+    layer (Grad-CAM on the reference networks, Gated Attention's multi-scale CAM) on volumes
+    of a ``shape`` that is not a multiple of 2: a part of its detections' cache key, since
+    those maps changed when :func:`wsdet.attention.base.upsample_to` began to upsample in
+    place; else ``{}``, and earlier caches stay valid."""
+    coarse = method in ("grad_cam", "gated_attention") and any(n % 2 for n in shape)
+    return {"coarse_upsample": "in place"} if coarse else {}
+
+
 def detections_path(
     store: Store,
     name: str,

@@ -38,6 +38,7 @@ from wsdet.data.phantoms.v2 import SETTINGS_V2, hit_radius_mm, make_phantoms_v2,
 from wsdet.data.synthetic import PhantomSet, make_lesion_volumes
 from wsdet.detection import Detections, find_peaks
 from wsdet.detector import Detector
+from wsdet.experiments import detections as cache
 from wsdet.experiments.common import METHOD_ARCHITECTURE, Store, TrainJob, decoder_key
 from wsdet.experiments.detections import cached_detections, detect_all, detections_path
 from wsdet.experiments.figures import lesion_example, lesions_figures
@@ -329,14 +330,9 @@ def _on_slice(
 ) -> Detections:
     """The candidates of ``volume`` (volume ``k`` of ``test``) on its annotated slice."""
     assert test.annotated_slice is not None
-    s = detect_on_slice(
-        volume,
-        test.points[k],
-        partial(find_peaks, size=cfg.nms_size),
-        axis=test.slice_axis if test.slice_axis is not None else 0,
-        slice_index=int(test.annotated_slice[k]),
-        count=count,
-    )
+    axis = test.slice_axis if test.slice_axis is not None else 0
+    peaks, index = partial(find_peaks, size=cfg.nms_size), int(test.annotated_slice[k])
+    s = detect_on_slice(volume, test.points[k], peaks, axis=axis, slice_index=index, count=count)
     return Detections(np.asarray(s.points, np.int64), np.asarray(s.scores), count, len(s.points))
 
 
@@ -532,8 +528,8 @@ class LesionStudy:
         model, info = net
         key = {"n_test": cfg.n_test, "slice": slice_mode, **self.data_keys[setting]}
         key["network_dir"] = info["folder"]
-        if cfg.mask_maps:  # absent when off: earlier caches stay valid
-            key["masked"] = True
+        key |= {"masked": True} if cfg.mask_maps else {}  # absent when off: earlier caches valid
+        key |= cache.coarse_upsample_key(method, cfg.shape_of(setting))
         size = cfg.nms_size_of(setting)
         path = detections_path(store, run.name, key, method, size, run.options)
         compute: Callable[[], list[Detections]]

@@ -203,9 +203,10 @@ class UpsampleTo(nn.Module):
         resolves to linear / bilinear / trilinear for 1 / 2 / 3 spatial dimensions with
         ``align_corners=False`` (coarse voxel centres at the centres of the blocks they
         cover).
-    factor : int or None, default 2
-        The pooling factor between ``ref`` and ``x`` (the same on every axis); ``None``:
-        stretch to the reference size.
+    factor : int, tuple of int, or None, default 2
+        The pooling factor between ``ref`` and ``x``: one for every axis, or one per
+        spatial axis (e.g. ``(1, 2, 2)`` after in-plane pooling of anisotropic volumes);
+        ``None``: stretch to the reference size.
 
     Raises
     ------
@@ -224,14 +225,18 @@ class UpsampleTo(nn.Module):
     [[[0.0, 0.0, 0.0, 1.0, 1.0, 2.0, 2.0]]]
     """
 
-    def __init__(self, mode: UpsampleMode = "nearest", factor: int | None = 2) -> None:
+    def __init__(
+        self, mode: UpsampleMode = "nearest", factor: int | tuple[int, ...] | None = 2
+    ) -> None:
         super().__init__()
         if mode not in ("nearest", "linear"):
             raise ValueError(f"mode must be 'nearest' or 'linear'; got {mode!r}")
         if factor is not None:
-            factor = check_int("factor", factor)
-            if factor < 1:
-                raise ValueError(f"factor must be an int >= 1 or None; got {factor}")
+            values = factor if isinstance(factor, tuple) else (factor,)
+            if not values or any(check_int("factor", f) < 1 for f in values):
+                raise ValueError(
+                    f"factor must be an int >= 1, a tuple of such ints, or None; got {factor}"
+                )
         self.mode: UpsampleMode = mode
         self.factor = factor
 
@@ -248,21 +253,29 @@ class UpsampleTo(nn.Module):
                 f"got {tuple(x.shape)} and {tuple(ref.shape)}"
             )
         size = tuple(int(s) for s in ref.shape[2:])
-        f = self.factor
-        if f is None:
+        if self.factor is None:
             return self._resize(x, size)
         low = tuple(int(s) for s in x.shape[2:])
-        bad = [a for a, (n, m) in enumerate(zip(size, low, strict=True)) if abs(n - f * m) >= f]
+        fs = self.factor if isinstance(self.factor, tuple) else (self.factor,) * len(low)
+        if len(fs) != len(low):
+            raise ValueError(
+                f"UpsampleTo(factor={self.factor}): one factor per spatial axis expected, "
+                f"x has {len(low)}"
+            )
+        pairs = enumerate(zip(size, low, fs, strict=True))
+        bad = [a for a, (n, m, f) in pairs if abs(n - f * m) >= f]
         if bad:
             raise ValueError(
-                f"UpsampleTo(factor={f}): ref's spatial size {list(size)} is not {f} x x's "
-                f"{list(low)} up to fewer than {f} voxels along axes {bad} (x is not ref "
-                "pooled by the factor); pass the right factor, or factor=None to stretch"
+                f"UpsampleTo(factor={self.factor}): ref's spatial size {list(size)} is not the "
+                f"factor times x's {list(low)} up to fewer voxels than the factor along axes "
+                f"{bad} (x is not ref pooled by it); pass the right factor(s), or factor=None "
+                "to stretch"
             )
-        out = self._resize(x, tuple(f * m for m in low))
-        for axis, (n, m) in enumerate(zip(size, low, strict=True)):
-            if n != f * m:  # the floor's remainder: repeat the last voxel; ceil: crop
-                index = torch.arange(n, device=x.device).clamp_(max=f * m - 1)
+        scaled = tuple(f * m for m, f in zip(low, fs, strict=True))
+        out = self._resize(x, scaled)
+        for axis, (n, m) in enumerate(zip(size, scaled, strict=True)):
+            if n != m:  # the floor's remainder: repeat the last voxel; ceil: crop
+                index = torch.arange(n, device=x.device).clamp_(max=m - 1)
                 out = out.index_select(2 + axis, index)
         return out
 
