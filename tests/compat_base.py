@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
@@ -152,3 +153,21 @@ def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
 
 def _head_ref(features: Tensor, head: nn.Linear, row: int = 0, scale: float = 1.0) -> CamRef:
     return CamRef([features], [head.weight[row]], head.bias[row], [scale])
+
+
+def aligned_up(t: Tensor, ref: Tensor, mode: str = "nearest") -> Tensor:
+    """Upsampling by 2 as the reference networks do it, written independently: each coarse
+    voxel repeated over the two it pooled (linear: half-pixel interpolation to twice the
+    size), then the voxel floor pooling dropped filled by replicating the edge."""
+    nd = t.ndim - 2
+    if mode == "nearest":
+        out = t
+        for d in range(2, t.ndim):
+            out = out.repeat_interleave(2, d)
+    else:
+        lin = {1: "linear", 2: "bilinear", 3: "trilinear"}[nd]
+        out = F.interpolate(t, size=[2 * s for s in t.shape[2:]], mode=lin, align_corners=False)
+    extra = [r - o for r, o in zip(ref.shape[2:], out.shape[2:], strict=True)]
+    assert all(0 <= e < 2 for e in extra), (t.shape, ref.shape)
+    pad = [p for e in reversed(extra) for p in (0, e)]
+    return F.pad(out, pad, mode="replicate") if any(extra) else out

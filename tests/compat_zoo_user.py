@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from compat_base import CamRef, _head_ref, randomize_norms
+from compat_base import CamRef, _head_ref, aligned_up, randomize_norms
 from torch import Tensor, nn
 
 # --------------------------------------------------------------------- user-style nets
@@ -394,7 +394,7 @@ def _encoder(m: Any, x: Tensor) -> tuple[Tensor, Tensor]:
 
 def cam_gpunet(m: Any, x: Tensor) -> CamRef:
     high, low = _encoder(m, x)
-    up = F.interpolate(low, size=high.shape[2:], mode="nearest")
+    up = aligned_up(low, high)
     return _head_ref(F.relu(m.conv5.conv(torch.cat([high, up], 1))), m.head)
 
 
@@ -406,8 +406,7 @@ def cam_gated(m: Any, x: Tensor) -> CamRef:
     high, low = _encoder(m, x)
     g = m.gate
     alpha = torch.sigmoid(g.psi(F.relu(g.theta(high) + g.phi(low))))
-    mode = "bilinear" if x.ndim == 4 else "trilinear"
-    alpha = F.interpolate(alpha, size=high.shape[2:], mode=mode, align_corners=False)
+    alpha = aligned_up(alpha, high, "linear")
     w = m.head.weight[0]
     n = high.shape[1]
     return CamRef([high * alpha, low], [w[:n], w[n:]], m.head.bias[0])
@@ -417,9 +416,7 @@ def cam_gpunet_no_residual(m: Any, x: Tensor) -> CamRef:
     def cr(block: Any, t: Tensor) -> Tensor:
         return F.relu(block.conv(t))
 
-    def up(t: Tensor, ref: Tensor) -> Tensor:
-        return F.interpolate(t, size=ref.shape[2:], mode="nearest")
-
+    up = aligned_up
     f1 = cr(m.conv2, cr(m.conv1, x))
     f2 = cr(m.conv4, cr(m.conv3, m.pool1(f1)))
     f3 = cr(m.conv5, m.pool2(f2))

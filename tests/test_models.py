@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from compat_base import aligned_up
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -190,7 +191,7 @@ def _linear(head: nn.Linear, v: torch.Tensor) -> torch.Tensor:
 
 
 def _up(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    return F.interpolate(t, size=ref.shape[2:], mode="nearest")
+    return aligned_up(t, ref)
 
 
 def ref_gpunet(m: GPUnet, x: torch.Tensor) -> torch.Tensor:
@@ -219,8 +220,7 @@ def ref_alpha(gate: AttentionGate, x: torch.Tensor, g: torch.Tensor) -> torch.Te
     theta = f(x, gate.theta.weight, None, stride=2)
     phi = f(g, gate.phi.weight, gate.phi.bias)
     alpha = torch.sigmoid(f(F.relu(theta + phi), gate.psi.weight, gate.psi.bias))
-    mode = "bilinear" if x.ndim == 4 else "trilinear"
-    return F.interpolate(alpha, size=x.shape[2:], mode=mode, align_corners=False)
+    return aligned_up(alpha, x, "linear")
 
 
 def ref_gated(m: GatedAttentionNet, x: torch.Tensor) -> torch.Tensor:
