@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from wsdet._modules import declared_layers
+from wsdet._resample import fit_by_edge
 
 __all__ = [
     "AttentionMethod",
@@ -381,10 +382,8 @@ def upsample_to(maps: Tensor, size: Sequence[int]) -> Tensor:
     out = torch.nn.functional.interpolate(
         maps.unsqueeze(1), size=scaled, mode=mode, align_corners=False
     ).squeeze(1)
-    for axis, (n, m) in enumerate(zip(size, scaled, strict=True)):
-        if n != m:  # the floor's remainder: the edge value, as linear interpolation clamps
-            out = out.index_select(1 + axis, torch.arange(n, device=out.device).clamp_(max=m - 1))
-    return out
+    # the floor's remainder: the edge value, as linear interpolation clamps
+    return fit_by_edge(out, size, first_axis=1)
 
 
 # Keyed weakly by the owner object itself: keying by id() would silence the warning for a

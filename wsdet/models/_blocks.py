@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wsdet._checks import check_choice, check_int
+from wsdet._resample import fit_by_edge
 
 __all__ = [
     "AttentionGate",
@@ -272,12 +273,8 @@ class UpsampleTo(nn.Module):
                 "to stretch"
             )
         scaled = tuple(f * m for m, f in zip(low, fs, strict=True))
-        out = self._resize(x, scaled)
-        for axis, (n, m) in enumerate(zip(size, scaled, strict=True)):
-            if n != m:  # the floor's remainder: repeat the last voxel; ceil: crop
-                index = torch.arange(n, device=x.device).clamp_(max=m - 1)
-                out = out.index_select(2 + axis, index)
-        return out
+        # the floor's remainder: repeat the last voxel; ceil: crop
+        return fit_by_edge(self._resize(x, scaled), size, first_axis=2)
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}, factor={self.factor}"
