@@ -109,6 +109,7 @@ def test_train_writes_checkpoints_and_a_model_description(trained: Path) -> None
     spec = json.loads((trained / "run" / "model.json").read_text())
     assert spec["arch"] == "gpunet" and spec["dim"] == 3 and spec["width"] == 2
     assert spec["normalize"] == "zscore" and spec["method"] == "gp_unet"
+    assert spec["upsample"] == "aligned"
     assert {"best.pt", "last.pt", "history.csv"} <= {p.name for p in (trained / "run").iterdir()}
 
 
@@ -186,6 +187,39 @@ def test_attention_writes_maps_with_the_input_geometry(
     got = load_volume(tmp_path / "maps" / "case01_attention.npz")
     np.testing.assert_allclose(got.array, amap, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got.affine, vol.affine)
+
+
+def test_a_model_json_from_before_aligned_upsampling_rebuilds_the_stretching_decoder(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old = tmp_path / "old_run"
+    old.mkdir()
+    (old / "best.pt").write_bytes((trained / "run" / "best.pt").read_bytes())
+    spec = json.loads((trained / "run" / "model.json").read_text())
+    del spec["upsample"]  # as written before the entry existed
+    (old / "model.json").write_text(json.dumps(spec))
+    src = nib.load(trained / "images" / "case02.nii.gz")
+    odd = np.asarray(src.dataobj, dtype=np.float32)[:15, :13, :9]  # sizes the pooling floors
+    nib.save(nib.Nifti1Image(odd, src.affine), tmp_path / "odd.nii.gz")
+    args = ["attention", str(tmp_path / "odd.nii.gz"), "--weights", str(old / "best.pt")]
+    args += ["--out", str(tmp_path / "maps"), "--quiet", "--format", "npz"]
+    code, _, err = run(args, capsys)
+    assert code == 0 and "predates aligned decoder upsampling" in err  # shown with --quiet
+    got = load_volume(tmp_path / "maps" / "odd_attention.npz").array
+    x = torch.from_numpy(normalize_intensity(odd, "zscore"))[None, None]
+    maps = {}
+    for factor in (None, 2):  # None: what the old decoder did, F.interpolate(size=...)
+        model = GPUnet(dim=3, width=2)
+        model.up.factor = factor
+        Trainer(model).finetune_from(old / "best.pt")
+        maps[factor] = wsdet.Detector(model, method="gp_unet").attention(x)[0].numpy()
+    np.testing.assert_allclose(got, maps[None], rtol=1e-5, atol=1e-6)
+    assert np.abs(maps[2] - maps[None]).max() > 1e-3  # the aligned decoder differs here
+    args[args.index("--weights") + 1] = str(trained / "run" / "best.pt")  # today's model.json
+    code, _, err = run(args, capsys)
+    assert code == 0 and "predates" not in err
+    got = load_volume(tmp_path / "maps" / "odd_attention.npz").array
+    np.testing.assert_allclose(got, maps[2], rtol=1e-5, atol=1e-6)
 
 
 def test_evaluate_prints_the_metrics_report(

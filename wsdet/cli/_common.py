@@ -26,6 +26,9 @@ DEFAULT_METHOD = {
 }
 MODEL_JSON = "model.json"
 _MODEL_FORMAT = "wsdet.cli.model/1"
+#: ``model.json``'s ``upsample`` entry for reference networks trained with aligned
+#: upsampling (``UpsampleTo(factor=2)``); a description without it predates that.
+UPSAMPLE = "aligned"
 
 
 class UserError(Exception):
@@ -183,7 +186,29 @@ def _reference_model(spec: dict[str, Any]) -> Any:
     cls = arch_class(arch)
     if spec.get("dim") not in (2, 3):
         raise UserError(f"--arch {arch} needs --dim 2 or --dim 3")
-    return cls(dim=spec["dim"], in_channels=spec.get("in_channels") or 1, width=spec.get("width"))
+    model = cls(dim=spec["dim"], in_channels=spec.get("in_channels") or 1, width=spec.get("width"))
+    if spec.get("format") == _MODEL_FORMAT and spec.get("upsample") != UPSAMPLE:
+        _as_trained_before_alignment(model, arch)
+    return model
+
+
+def _as_trained_before_alignment(model: Any, arch: str) -> None:
+    """Give a network described by a ``model.json`` written before ``UpsampleTo`` aligned
+    its upsampling the stretching upsampling it was trained with (``factor=None``)."""
+    from wsdet.models import UpsampleTo
+
+    ups = [m for m in model.modules() if isinstance(m, UpsampleTo)]
+    for m in ups:
+        m.factor = None
+    if ups:
+        logger.warning(
+            '%s predates aligned decoder upsampling (no "upsample" entry): %s is rebuilt '
+            "with the stretching upsampling it was trained with, which shifts its maps by "
+            "up to one coarse voxel at sizes that are not multiples of its pooling; train "
+            "it again for aligned maps",
+            MODEL_JSON,
+            arch,
+        )
 
 
 def _user_model(target: str, kwargs_json: str | None) -> Any:

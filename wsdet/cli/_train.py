@@ -14,6 +14,7 @@ import numpy as np
 from wsdet.cli._common import (
     ARCHS,
     DEFAULT_METHOD,
+    UPSAMPLE,
     UserError,
     _reference_model,
     add_runtime_args,
@@ -164,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
         "normalize": args.normalize,
         "method": DEFAULT_METHOD[args.arch],
         "objective": args.objective,
+        "upsample": UPSAMPLE,
     }
     write_model_json(out, spec)
     config = TrainConfig(
