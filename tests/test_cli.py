@@ -222,6 +222,24 @@ def test_a_model_json_from_before_aligned_upsampling_rebuilds_the_stretching_dec
     np.testing.assert_allclose(got, maps[2], rtol=1e-5, atol=1e-6)
 
 
+def test_resuming_a_run_from_before_aligned_upsampling_keeps_its_decoder(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = tmp_path / "old_run"
+    run_dir.mkdir()
+    for name in ("best.pt", "last.pt", "history.csv"):
+        (run_dir / name).write_bytes((trained / "run" / name).read_bytes())
+    spec = json.loads((trained / "run" / "model.json").read_text())
+    del spec["upsample"]
+    (run_dir / "model.json").write_text(json.dumps(spec))
+    args = ["train", str(trained / "images"), "--counts", str(trained / "counts.csv")]
+    args += ["--out", str(run_dir), "--width", "2", "--epochs", "4", "--quiet", "--resume"]
+    code, _, err = run([*args, "--device", "cpu", "--threads", "1"], capsys)
+    assert code == 0 and "predates aligned decoder upsampling" in err
+    assert len((run_dir / "history.csv").read_text().splitlines()) == 5  # resumed, 1 more
+    assert "upsample" not in json.loads((run_dir / "model.json").read_text())
+
+
 def test_evaluate_prints_the_metrics_report(
     trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -114,17 +114,24 @@ def model_spec(args: argparse.Namespace) -> dict[str, Any]:
     weights (written by ``wsdet train``)."""
     spec: dict[str, Any] = {}
     if args.weights and not (args.model or args.torchscript):
-        side = Path(args.weights).parent / MODEL_JSON
-        if side.is_file():
-            try:
-                spec = json.loads(side.read_text())
-            except json.JSONDecodeError as err:
-                raise UserError(f"{side} is not valid JSON: {err}") from None
-            if spec.get("format") != _MODEL_FORMAT:
-                raise UserError(f"{side} is not a wsdet model description")
+        spec = read_model_json(Path(args.weights).parent)
     for key in ("arch", "dim", "width", "in_channels"):
         if getattr(args, key, None) is not None:
             spec[key] = getattr(args, key)
+    return spec
+
+
+def read_model_json(folder: Path) -> dict[str, Any]:
+    """The model description ``folder/model.json`` ({} when there is none)."""
+    side = folder / MODEL_JSON
+    if not side.is_file():
+        return {}
+    try:
+        spec = json.loads(side.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{side} is not valid JSON: {err}") from None
+    if not isinstance(spec, dict) or spec.get("format") != _MODEL_FORMAT:
+        raise UserError(f"{side} is not a wsdet model description")
     return spec
 
 

@@ -21,6 +21,7 @@ from wsdet.cli._common import (
     expand_inputs,
     load,
     parse_spacing,
+    read_model_json,
     setup_runtime,
     write_model_json,
 )
@@ -151,11 +152,15 @@ def run(args: argparse.Namespace) -> int:
     dim = train[0].ndim - 2
     if args.dim is not None and args.dim != dim:
         raise UserError(f"--dim {args.dim} but the volumes are {dim}D")
-    arch = {"arch": args.arch, "dim": dim, "in_channels": 1, "width": args.width}
+    arch: dict[str, Any] = {"arch": args.arch, "dim": dim, "in_channels": 1, "width": args.width}
+    out = Path(args.out)
+    previous = read_model_json(out) if args.resume else {}
+    legacy = bool(previous) and "upsample" not in previous
+    if legacy:  # resuming a run begun with the stretching decoder: keep it, exactly
+        arch["format"] = previous["format"]
     with torch.random.fork_rng(devices=[]):  # initial weights from --seed, reproducibly
         torch.manual_seed(args.seed)
         model = _reference_model(arch).to(device)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     spec = {
         "arch": args.arch,
@@ -165,8 +170,9 @@ def run(args: argparse.Namespace) -> int:
         "normalize": args.normalize,
         "method": DEFAULT_METHOD[args.arch],
         "objective": args.objective,
-        "upsample": UPSAMPLE,
     }
+    if not legacy:
+        spec["upsample"] = UPSAMPLE
     write_model_json(out, spec)
     config = TrainConfig(
         objective=args.objective,
