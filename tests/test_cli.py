@@ -238,6 +238,13 @@ def test_resuming_a_run_from_before_aligned_upsampling_keeps_its_decoder(
     assert code == 0 and "predates aligned decoder upsampling" in err
     assert len((run_dir / "history.csv").read_text().splitlines()) == 5  # resumed, 1 more
     assert "upsample" not in json.loads((run_dir / "model.json").read_text())
+    fresh = tmp_path / "no_state"  # an old description but nothing to resume: a new run
+    fresh.mkdir()
+    (fresh / "model.json").write_text(json.dumps(spec))
+    args[args.index("--out") + 1], args[args.index("--epochs") + 1] = str(fresh), "1"
+    code, _, err = run([*args, "--device", "cpu", "--threads", "1"], capsys)
+    assert code == 0 and "predates" not in err
+    assert json.loads((fresh / "model.json").read_text())["upsample"] == "aligned"
 
 
 def test_evaluate_prints_the_metrics_report(

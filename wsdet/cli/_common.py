@@ -162,7 +162,7 @@ def build_model(args: argparse.Namespace, spec: dict[str, Any]) -> Any:
     if args.model:
         model = _user_model(args.model, args.model_kwargs)
     elif spec.get("arch"):
-        model = _reference_model(spec)
+        model = _reference_model(spec, stretch=predates_alignment(spec))
     else:
         raise UserError(
             "no model: give --arch NAME --dim D --weights FILE, --model MODULE:FACTORY "
@@ -188,20 +188,28 @@ def arch_class(arch: str) -> Any:
     return classes[arch]
 
 
-def _reference_model(spec: dict[str, Any]) -> Any:
+def predates_alignment(spec: dict[str, Any]) -> bool:
+    """Whether ``spec`` was read from a ``model.json`` written by wsdet 0.1.0, whose
+    reference decoders stretched their upsampling (no ``"upsample": "aligned"`` entry)."""
+    return spec.get("format") == _MODEL_FORMAT and spec.get("upsample") != UPSAMPLE
+
+
+def _reference_model(spec: dict[str, Any], stretch: bool = False) -> Any:
+    """The reference architecture ``spec`` names; ``stretch``: with the stretching
+    upsampling of wsdet 0.1.0 (see :func:`predates_alignment`), and a warning."""
     arch = spec["arch"]
     cls = arch_class(arch)
     if spec.get("dim") not in (2, 3):
         raise UserError(f"--arch {arch} needs --dim 2 or --dim 3")
     model = cls(dim=spec["dim"], in_channels=spec.get("in_channels") or 1, width=spec.get("width"))
-    if spec.get("format") == _MODEL_FORMAT and spec.get("upsample") != UPSAMPLE:
+    if stretch:
         _as_trained_before_alignment(model, arch)
     return model
 
 
 def _as_trained_before_alignment(model: Any, arch: str) -> None:
-    """Give a network described by a ``model.json`` written before ``UpsampleTo`` aligned
-    its upsampling the stretching upsampling it was trained with (``factor=None``)."""
+    """Give a network trained with wsdet 0.1.0 the stretching upsampling it was trained
+    with (``UpsampleTo(factor=None)``)."""
     from wsdet.models import UpsampleTo
 
     ups = [m for m in model.modules() if isinstance(m, UpsampleTo)]
@@ -209,10 +217,10 @@ def _as_trained_before_alignment(model: Any, arch: str) -> None:
         m.factor = None
     if ups:
         logger.warning(
-            '%s predates aligned decoder upsampling (no "upsample" entry): %s is rebuilt '
-            "with the stretching upsampling it was trained with, which shifts its maps by "
-            "up to one coarse voxel at sizes that are not multiples of its pooling; train "
-            "it again for aligned maps",
+            '%s predates aligned decoder upsampling (wsdet 0.1.0, no "upsample" entry): '
+            "%s is rebuilt with the stretching upsampling it was trained with, which shifts "
+            "its maps by up to one coarse voxel at sizes that are not multiples of its "
+            "pooling; train it again for aligned maps",
             MODEL_JSON,
             arch,
         )

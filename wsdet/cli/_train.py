@@ -21,6 +21,7 @@ from wsdet.cli._common import (
     expand_inputs,
     load,
     parse_spacing,
+    predates_alignment,
     read_model_json,
     setup_runtime,
     write_model_json,
@@ -152,15 +153,15 @@ def run(args: argparse.Namespace) -> int:
     dim = train[0].ndim - 2
     if args.dim is not None and args.dim != dim:
         raise UserError(f"--dim {args.dim} but the volumes are {dim}D")
-    arch: dict[str, Any] = {"arch": args.arch, "dim": dim, "in_channels": 1, "width": args.width}
+    arch = {"arch": args.arch, "dim": dim, "in_channels": 1, "width": args.width}
     out = Path(args.out)
-    previous = read_model_json(out) if args.resume else {}
-    legacy = bool(previous) and "upsample" not in previous
-    if legacy:  # resuming a run begun with the stretching decoder: keep it, exactly
-        arch["format"] = previous["format"]
+    # resuming a run begun by wsdet 0.1.0 with the stretching decoder: keep it, exactly
+    legacy = (
+        args.resume and (out / "last.pt").is_file() and predates_alignment(read_model_json(out))
+    )
     with torch.random.fork_rng(devices=[]):  # initial weights from --seed, reproducibly
         torch.manual_seed(args.seed)
-        model = _reference_model(arch).to(device)
+        model = _reference_model(arch, stretch=legacy).to(device)
     out.mkdir(parents=True, exist_ok=True)
     spec = {
         "arch": args.arch,
